@@ -1,0 +1,5 @@
+"""Allow ``python -m natfleet``."""
+
+from natfleet.cli import main
+
+raise SystemExit(main())

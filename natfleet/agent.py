@@ -1,0 +1,1068 @@
+"""natfleet agent: read, parse, classify, filter and summarise a Linux conntrack table.
+
+Stdlib only, Python 3.6+, one file: natfleet ships it to a NAT box's own python3 on stdin
+and imports the very same file locally (``natfleet local``, ``--input``, raw dumps).
+
+    $ echo '{"mode": "summary"}' | sudo python3 natfleet/agent.py
+    {"agent":1,"ok":true,"source":"/proc/net/nf_conntrack","count":3,...}
+
+The request/answer JSON is documented in docs/json.md. Every read goes through a *sources*
+object (``LocalSources(root)`` for a live machine or a fixture folder, ``DumpSources`` for
+captured texts), so parsers never open paths themselves.
+"""
+
+import concurrent.futures
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+AGENT_VERSION = 1
+
+TABLE_PROC = "/proc/net/nf_conntrack"
+TABLE_OLD = "/proc/net/ip_conntrack"
+CONNTRACK_CMD = ("conntrack", "-L", "-o", "extended")
+COUNT_PATH = "/proc/sys/net/netfilter/nf_conntrack_count"
+MAX_PATH = "/proc/sys/net/netfilter/nf_conntrack_max"
+STAT_PATH = "/proc/net/stat/nf_conntrack"
+PORT_RANGE_PATH = "/proc/sys/net/ipv4/ip_local_port_range"
+FIB_TRIE_PATH = "/proc/net/fib_trie"
+IF_INET6_PATH = "/proc/net/if_inet6"
+HOSTNAME_PATH = "/proc/sys/kernel/hostname"
+SYS_NET = "/sys/class/net"
+
+PROTO_NAMES = {
+    1: "icmp",
+    6: "tcp",
+    17: "udp",
+    33: "dccp",
+    47: "gre",
+    58: "icmpv6",
+    132: "sctp",
+    136: "udplite",
+}
+PROTO_NUMBERS = {name: num for num, name in PROTO_NAMES.items()}
+PORT_PROTOS = frozenset((6, 17, 132, 136))  # always printed with ports
+ICMP_PROTOS = frozenset((1, 58))
+GRE = 47
+TCP_STATES = (
+    "NONE SYN_SENT SYN_RECV ESTABLISHED FIN_WAIT CLOSE_WAIT LAST_ACK TIME_WAIT CLOSE SYN_SENT2"
+)
+SCTP_STATES = (
+    "CLOSED COOKIE_WAIT COOKIE_ECHOED ESTABLISHED SHUTDOWN_SENT SHUTDOWN_RECD "
+    "SHUTDOWN_ACK_SENT HEARTBEAT_SENT HEARTBEAT_ACKED"
+)
+DCCP_STATES = "REQUEST RESPOND PARTOPEN OPEN CLOSEREQ CLOSING TIMEWAIT IGNORE INVALID"
+STATES = frozenset(" ".join((TCP_STATES, SCTP_STATES, DCCP_STATES)).split(" "))
+FLAG_TOKENS = frozenset(("[UNREPLIED]", "[ASSURED]", "[OFFLOAD]", "[HW_OFFLOAD]"))
+NAT_KINDS = ("snat", "dnat", "snat+dnat", "local", "routed")
+TRANSLATED = frozenset(("snat", "dnat", "snat+dnat"))
+SORT_KEYS = ("src", "dst", "src-port", "dst-port", "state")
+ENA_KEYS = (
+    "conntrack_allowance_exceeded",
+    "conntrack_allowance_available",
+    "bw_in_allowance_exceeded",
+    "bw_out_allowance_exceeded",
+    "pps_allowance_exceeded",
+    "linklocal_allowance_exceeded",
+)
+INCIDENT_STATS = ("insert_failed", "drop", "early_drop")
+MALFORMED_EXAMPLES = 5
+COUNTER_CAPACITY = 20000
+
+RAW_MARK = "@@natfleet "
+RAW_FILES = (
+    TABLE_PROC,
+    TABLE_OLD,
+    COUNT_PATH,
+    MAX_PATH,
+    STAT_PATH,
+    PORT_RANGE_PATH,
+    FIB_TRIE_PATH,
+    IF_INET6_PATH,
+    HOSTNAME_PATH,
+)
+# For boxes without python3: a constant command (no user input), split by split_raw_dump().
+RAW_COMMAND = (
+    "sh -c 'for f in "
+    + " ".join(RAW_FILES)
+    + '; do if [ -r "$f" ]; then echo "'
+    + RAW_MARK
+    + 'file $f"; cat "$f"; fi; done; '
+    + "if [ ! -r "
+    + TABLE_PROC
+    + ' ] && command -v conntrack >/dev/null 2>&1; then echo "'
+    + RAW_MARK
+    + "cmd "
+    + " ".join(CONNTRACK_CMD)
+    + '"; '
+    + " ".join(CONNTRACK_CMD)
+    + " 2>/dev/null; fi'"
+)
+
+
+class Malformed(ValueError):
+    """A table line that does not follow the conntrack grammar."""
+
+
+class AgentError(Exception):
+    """The request cannot be served: ``kind`` is permission, no_table or bad_request."""
+
+    def __init__(self, kind, message):
+        Exception.__init__(self, message)
+        self.kind = kind
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class LocalSources(object):
+    """Reads a live machine (root ``/``) or a folder laid out like one (tests).
+
+    >>> LocalSources("tests/data/root").path("/proc/net/nf_conntrack")
+    'tests/data/root/proc/net/nf_conntrack'
+    """
+
+    def __init__(self, root="/"):
+        self.root = root
+
+    def path(self, path):
+        return os.path.join(self.root, path.lstrip("/"))
+
+    def exists(self, path):
+        return os.path.exists(self.path(path))
+
+    def open_lines(self, path):
+        """An iterator of lines; raises FileNotFoundError or PermissionError."""
+        return open(self.path(path), "r", encoding="ascii", errors="replace", buffering=1 << 20)
+
+    def read(self, path):
+        """The file's text, or None if it is missing or unreadable."""
+        try:
+            with open(self.path(path), "r", encoding="ascii", errors="replace") as handle:
+                return handle.read()
+        except (IOError, OSError):
+            return None
+
+    def listdir(self, path):
+        try:
+            return sorted(os.listdir(self.path(path)))
+        except (IOError, OSError):
+            return []
+
+    def readlink(self, path):
+        try:
+            return os.readlink(self.path(path))
+        except (IOError, OSError):
+            return None
+
+    def command_lines(self, argv):
+        """Lines a command prints, or None when it is not installed (only on a live root)."""
+        if self.root != "/":
+            return None
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                universal_newlines=True,
+                bufsize=1 << 20,
+            )
+        except (IOError, OSError):
+            return None
+        return _CommandLines(proc)
+
+    def command(self, argv, timeout=10):
+        """A command's output as text, or None when missing, failing or slow."""
+        if self.root != "/":
+            return None
+        try:
+            out = subprocess.run(
+                list(argv),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                universal_newlines=True,
+                timeout=timeout,
+            )
+        except (IOError, OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+
+class _CommandLines(object):
+    """Iterates a command's stdout lines and reaps it (a context manager like a file)."""
+
+    def __init__(self, proc):
+        self.proc = proc
+
+    def __iter__(self):
+        return iter(self.proc.stdout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.stdout.close()
+        self.proc.wait()
+
+
+class DumpSources(object):
+    """Serves captured texts: ``{path: text}``, commands under ``"$ " + argv``.
+
+    ``table_file`` streams a saved table from disk (``--input``) as the conntrack table.
+
+    >>> DumpSources({"/proc/sys/net/netfilter/nf_conntrack_max": "65536\\n"}).read(MAX_PATH)
+    '65536\\n'
+    """
+
+    def __init__(self, files=None, table_file=None):
+        self.files = dict(files or {})
+        self.table_file = table_file
+
+    def exists(self, path):
+        return path in self.files or (path == TABLE_PROC and self.table_file is not None)
+
+    def open_lines(self, path):
+        if path == TABLE_PROC and self.table_file is not None:
+            if self.table_file == "-":
+                return _NoClose(sys.stdin)
+            return open(self.table_file, "r", encoding="ascii", errors="replace")
+        if path not in self.files:
+            raise FileNotFoundError(path)
+        return _NoClose(self.files[path].splitlines())
+
+    def read(self, path):
+        return self.files.get(path)
+
+    def listdir(self, path):
+        prefix = path.rstrip("/") + "/"
+        names = set(p[len(prefix) :].split("/")[0] for p in self.files if p.startswith(prefix))
+        return sorted(names)
+
+    def readlink(self, path):
+        return self.files.get(path)
+
+    def command_lines(self, argv):
+        text = self.files.get("$ " + " ".join(argv))
+        return None if text is None else _NoClose(text.splitlines())
+
+    def command(self, argv, timeout=10):
+        return self.files.get("$ " + " ".join(argv))
+
+
+class _NoClose(object):
+    def __init__(self, lines):
+        self.lines = lines
+
+    def __iter__(self):
+        return iter(self.lines)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def split_raw_dump(text):
+    """Turn RAW_COMMAND's output into a ``{path: text}`` dict for DumpSources.
+
+    >>> split_raw_dump("@@natfleet file /proc/sys/net/netfilter/nf_conntrack_max\\n65536\\n")
+    {'/proc/sys/net/netfilter/nf_conntrack_max': '65536\\n'}
+    """
+    files = {}
+    key = None
+    chunk = []
+    for line in text.splitlines(True):
+        if line.startswith(RAW_MARK):
+            if key is not None:
+                files[key] = "".join(chunk)
+            kind, _, name = line[len(RAW_MARK) :].strip().partition(" ")
+            key = name if kind == "file" else "$ " + name
+            chunk = []
+        elif key is not None:
+            chunk.append(line)
+    if key is not None:
+        files[key] = "".join(chunk)
+    return files
+
+
+# --------------------------------------------------------------------------- addresses
+
+_ADDR_CACHE = {}
+_ADDR_CACHE_MAX = 1 << 16
+
+
+def canonical_address(text):
+    """The compressed form of an IPv4/IPv6 address; raises Malformed otherwise.
+
+    >>> canonical_address("2001:0db8:0000:0000:0000:0000:0000:0010")
+    '2001:db8::10'
+    """
+    found = _ADDR_CACHE.get(text)
+    if found is not None:
+        return found
+    try:
+        if ":" in text:
+            canon = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text))
+        else:
+            socket.inet_pton(socket.AF_INET, text)
+            canon = text
+    except (OSError, ValueError, UnicodeError):
+        raise Malformed("bad address %r" % text) from None
+    if len(_ADDR_CACHE) >= _ADDR_CACHE_MAX:
+        _ADDR_CACHE.clear()
+    _ADDR_CACHE[text] = canon
+    return canon
+
+
+_SORT_CACHE = {}
+
+
+def address_key(addr):
+    """A sort key putting IPv4 before IPv6, each in numeric order (10.0.0.2 < 10.0.0.10)."""
+    found = _SORT_CACHE.get(addr)
+    if found is None:
+        if len(_SORT_CACHE) >= _ADDR_CACHE_MAX:
+            _SORT_CACHE.clear()
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        found = _SORT_CACHE[addr] = (family == socket.AF_INET6, socket.inet_pton(family, addr))
+    return found
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _tuple(tokens, pnum):
+    """(src, dst, sport-like, dport-like, consumed) from ``['A', 'dst=B', 'sport=1', ...]``.
+
+    The layout is read from the tokens, not guessed from the protocol (the kernel prints
+    DCCP as ``unknown 33`` with no ports); tcp, udp, udplite and sctp must have ports.
+    """
+    try:
+        dst = tokens[1]
+        if not dst.startswith("dst="):
+            raise Malformed("no dst=")
+        src = canonical_address(tokens[0])
+        dst = canonical_address(dst[4:])
+        third = tokens[2] if len(tokens) > 2 else ""
+        if third.startswith("sport="):
+            sport, dport = third[6:], tokens[3]
+            if not dport.startswith("dport="):
+                raise Malformed("no dport=")
+            dport = dport[6:]
+            if not (sport.isdigit() and dport.isdigit()):
+                raise Malformed("bad port")
+            return src, dst, sport, dport, 4
+        if pnum in PORT_PROTOS:
+            raise Malformed("no ports")
+        if third.startswith("type="):
+            if not (tokens[3].startswith("code=") and tokens[4].startswith("id=")):
+                raise Malformed("bad icmp tuple")
+            ident = tokens[4][3:]
+            if not ident.isdigit():
+                raise Malformed("bad icmp id")
+            return src, dst, ident, None, 5
+        if pnum in ICMP_PROTOS:
+            raise Malformed("no icmp type/code/id")
+        if third.startswith("srckey="):
+            if not tokens[3].startswith("dstkey="):
+                raise Malformed("bad gre keys")
+            return src, dst, third[7:], tokens[3][7:], 4
+        return src, dst, None, None, 2
+    except IndexError:
+        raise Malformed("short tuple") from None
+
+
+class Flow(object):
+    """One conntrack entry. Core fields are parsed eagerly, the rest on ``to_json()``.
+
+    >>> f = parse_line("ipv4     2 tcp      6 3599 ESTABLISHED src=192.168.1.10 "
+    ...     "dst=203.0.113.5 sport=40000 dport=443 src=203.0.113.5 dst=198.51.100.1 "
+    ...     "sport=443 dport=61000 [ASSURED] mark=0 zone=0 use=2")
+    >>> f.proto, f.state, f.nat_kind(()), f.rdst, f.rdp
+    ('tcp', 'ESTABLISHED', 'snat', '198.51.100.1', '61000')
+    """
+
+    __slots__ = (
+        "l3",
+        "pnum",
+        "proto",
+        "timeout",
+        "state",
+        "gre",
+        "osrc",
+        "odst",
+        "osp",
+        "odp",
+        "rsrc",
+        "rdst",
+        "rsp",
+        "rdp",
+        "otoks",
+        "rtoks",
+        "nat",
+    )
+
+    def nat_kind(self, own):
+        """snat, dnat, snat+dnat, local or routed; ports count, so REDIRECT is NAT.
+
+        For ICMP the id plays the port (a remapped id is source NAT).
+        """
+        if self.pnum in ICMP_PROTOS:
+            snat = self.rdst != self.osrc or self.rsp != self.osp
+            dnat = self.rsrc != self.odst
+        else:
+            snat = self.rdst != self.osrc or self.rdp != self.osp
+            dnat = self.rsrc != self.odst or self.rsp != self.odp
+        if snat:
+            return "snat+dnat" if dnat else "snat"
+        if dnat:
+            return "dnat"
+        if self.osrc in own or self.odst in own:
+            return "local"
+        return "routed"
+
+    def display_state(self):
+        """TCP/SCTP state; otherwise UNREPLIED, ASSURED, OFFLOAD, HW_OFFLOAD or REPLIED."""
+        if self.state:
+            return self.state
+        if "[UNREPLIED]" in self.otoks:
+            return "UNREPLIED"
+        tail = self.rtoks
+        if "[ASSURED]" in tail:
+            return "ASSURED"
+        if "[HW_OFFLOAD]" in tail:
+            return "HW_OFFLOAD"
+        if "[OFFLOAD]" in tail:
+            return "OFFLOAD"
+        return "REPLIED"
+
+    def flags(self):
+        return [t[1:-1] for t in self.otoks + self.rtoks if t in FLAG_TOKENS]
+
+    def shown(self):
+        """(source, nat-host, destination) as (addr, port) pairs, the way netstat-nat lays
+        them out, but right: DNAT's NAT host is the original destination *and its port*."""
+        source = (self.osrc, self.osp)
+        kind = self.nat
+        if kind == "snat":
+            return source, (self.rdst, self.rdp), (self.odst, self.odp)
+        if kind == "dnat":
+            return source, (self.odst, self.odp), (self.rsrc, self.rsp)
+        if kind == "snat+dnat":
+            return source, (self.rdst, self.rdp), (self.rsrc, self.rsp)
+        return source, (None, None), (self.odst, self.odp)
+
+    def to_json(self):
+        """The row of docs/json.md (optional keys only when the kernel printed them)."""
+        row = {
+            "proto": self.proto,
+            "l3": self.l3,
+            "state": self.state,
+            "nat": self.nat,
+            "orig": _tuple_json(self.otoks, self.osrc, self.odst),
+            "reply": _tuple_json(self.rtoks, self.rsrc, self.rdst),
+            "flags": self.flags(),
+        }
+        if self.timeout is not None:
+            row["timeout"] = self.timeout
+        if self.gre is not None:
+            row["gre"] = self.gre
+        for direction, tokens in (("orig", self.otoks), ("reply", self.rtoks)):
+            for tok in tokens:
+                key, eq, value = tok.partition("=")
+                if not eq:
+                    continue
+                if key in ("packets", "bytes"):
+                    row[key + "_" + direction] = int(value)
+                elif key in ("mark", "zone", "zone-orig", "zone-reply", "use", "delta-time"):
+                    row[key.replace("-", "_")] = int(value)
+                elif key == "secctx":
+                    row["secctx"] = value
+        return row
+
+
+def _tuple_json(tokens, src, dst):
+    out = {"src": src, "dst": dst}
+    third = tokens[2] if len(tokens) > 2 else ""
+    if third.startswith("sport="):
+        out["sport"] = int(third[6:])
+        out["dport"] = int(tokens[3][6:])
+    elif third.startswith("type="):
+        out["type"] = int(third[5:])
+        out["code"] = int(tokens[3][5:])
+        out["id"] = int(tokens[4][3:])
+    elif third.startswith("srckey="):
+        out["srckey"] = third[7:]
+        out["dstkey"] = tokens[3][7:]
+    return out
+
+
+def _extras_ok(tokens):
+    for tok in tokens:
+        if tok in FLAG_TOKENS:
+            continue
+        key, eq, value = tok.partition("=")
+        if not eq or not key:
+            return False
+        if key != "secctx" and not value.isdigit():
+            return False
+    return True
+
+
+def parse_line(line, lineno=0):
+    """Parse one table line (nf_conntrack, ``conntrack -L [-o extended]`` or ip_conntrack).
+
+    Raises :class:`Malformed`. Example (UDP, with accounting and a timestamp):
+
+    >>> f = parse_line("ipv4     2 udp      17 29 src=192.168.1.10 dst=203.0.113.53 "
+    ...     "sport=5353 dport=53 packets=0 bytes=0 [UNREPLIED] src=203.0.113.53 "
+    ...     "dst=198.51.100.1 sport=53 dport=5353 packets=0 bytes=0 mark=0 zone=0 "
+    ...     "delta-time=0 use=2")
+    >>> f.proto, f.timeout, f.display_state(), f.osrc, f.rdst
+    ('udp', 29, 'UNREPLIED', '192.168.1.10', '198.51.100.1')
+    """
+    parts = line.split(" src=", 2)
+    if len(parts) != 3:
+        raise Malformed("expected two tuples")
+    head = parts[0].split()
+    otoks = parts[1].split()
+    rtoks = parts[2].split()
+    try:
+        if head[0] == "ipv4" or head[0] == "ipv6":
+            if not head[1].isdigit():
+                raise Malformed("bad l3 number")
+            l3, k = head[0], 2
+        else:
+            l3, k = None, 0
+        pnum_text = head[k + 1]
+    except IndexError:
+        raise Malformed("short header") from None
+    if not pnum_text.isdigit():
+        raise Malformed("bad protocol number")
+    pnum = int(pnum_text)
+    flow = Flow()
+    flow.pnum = pnum
+    flow.proto = PROTO_NAMES.get(pnum) or head[k]
+    rest = head[k + 2 :]
+    flow.timeout = None
+    flow.state = None
+    flow.gre = None
+    if rest and rest[0].isdigit():
+        flow.timeout = int(rest[0])
+        rest = rest[1:]
+    if rest:
+        if pnum == GRE and rest[0].startswith("timeout="):
+            try:
+                flow.gre = {
+                    "timeout": int(rest[0][8:].rstrip(",")),
+                    "stream_timeout": int(rest[1][15:]),
+                }
+            except (IndexError, ValueError):
+                raise Malformed("bad gre timeouts") from None
+        elif len(rest) == 1 and rest[0] in STATES:
+            flow.state = rest[0]
+        else:
+            raise Malformed("unexpected %r before the tuples" % " ".join(rest))
+    flow.osrc, flow.odst, flow.osp, flow.odp, n = _tuple(otoks, pnum)
+    flow.otoks = otoks
+    flow.rsrc, flow.rdst, rsp, rdp, m = _tuple(rtoks, pnum)
+    if pnum in ICMP_PROTOS:
+        rsp, rdp = None, rsp  # the reply's id identifies the original source
+    flow.rsp, flow.rdp = rsp, rdp
+    flow.rtoks = rtoks
+    if not rtoks[-1].startswith("use="):
+        raise Malformed("truncated line (no use= at the end)")
+    if not (_extras_ok(otoks[n:]) and _extras_ok(rtoks[m:])):
+        raise Malformed("bad key=value field")
+    if l3 is None:
+        l3 = "ipv6" if ":" in flow.osrc else "ipv4"
+    flow.l3 = l3
+    return flow
+
+
+def _is_trailer(line):
+    """conntrack's own count line, when a dump was saved with 2>&1."""
+    return line.startswith("conntrack v") and "flow entries" in line
+
+
+# --------------------------------------------------------------------------- host facts
+
+
+def read_int(sources, path):
+    text = sources.read(path)
+    try:
+        return int(text.split()[0]) if text else None
+    except ValueError:
+        return None
+
+
+def parse_stat(text):
+    """Sum /proc/net/stat/nf_conntrack by the header's names (``entries`` is not summed).
+
+    >>> parse_stat("entries clashres found new invalid ignore delete chainlength insert "
+    ...     "insert_failed drop early_drop\\n00000003 0 0 0 0 0 0 0 0 00000002 0 1\\n"
+    ...     "00000003 0 0 0 0 0 0 0 0 00000001 0 0\\n")["insert_failed"]
+    3
+    """
+    if not text:
+        return None
+    lines = text.split("\n")
+    names = lines[0].split()
+    totals = dict((name, 0) for name in names)
+    for row in lines[1:]:
+        values = row.split()
+        if len(values) != len(names):
+            continue
+        for name, value in zip(names, values):
+            number = int(value, 16)
+            if name == "entries":
+                totals[name] = number
+            else:
+                totals[name] += number
+    return totals
+
+
+def parse_fib_trie(text):
+    """The local IPv4 addresses (every interface and alias) from /proc/net/fib_trie.
+
+    >>> parse_fib_trie("Local:\\n  +-- 198.51.100.0/24 2 0 2\\n     |-- 198.51.100.11\\n"
+    ...     "        /32 host LOCAL\\n")
+    ['198.51.100.11']
+    """
+    found = []
+    last = None
+    for line in (text or "").splitlines():
+        stripped = line.strip()
+        if stripped.startswith("|-- "):
+            last = stripped[4:]
+        elif stripped.startswith("/32 host LOCAL") and last and last not in found:
+            found.append(last)
+    return found
+
+
+def parse_if_inet6(text):
+    """The IPv6 addresses from /proc/net/if_inet6 (32 hex digits, then index, ...)."""
+    found = []
+    for line in (text or "").splitlines():
+        fields = line.split()
+        if fields and len(fields[0]) == 32:
+            raw = fields[0]
+            full = ":".join(raw[i : i + 4] for i in range(0, 32, 4))
+            try:
+                addr = canonical_address(full)
+            except Malformed:
+                continue
+            if addr not in found:
+                found.append(addr)
+    return found
+
+
+def parse_ethtool_stats(text):
+    """The ENA allowance counters an ``ethtool -S`` output has (missing keys stay missing)."""
+    found = {}
+    for line in (text or "").splitlines():
+        key, _, value = line.strip().partition(":")
+        if key in ENA_KEYS:
+            try:
+                found[key] = int(value.strip())
+            except ValueError:
+                continue
+    return found
+
+
+def read_ena(sources):
+    """ENA allowance counters per ENA interface; {} where there is none."""
+    result = {}
+    for iface in sources.listdir(SYS_NET):
+        driver = sources.readlink(SYS_NET + "/" + iface + "/device/driver") or ""
+        if driver.rstrip("/").split("/")[-1] != "ena":
+            continue
+        stats = parse_ethtool_stats(sources.command(("ethtool", "-S", iface)))
+        if stats:
+            result[iface] = stats
+    return result
+
+
+def host_facts(sources):
+    """count, max, stats, port range, own addresses, ENA counters, hostname."""
+    port_range = None
+    text = sources.read(PORT_RANGE_PATH)
+    if text:
+        try:
+            low, high = [int(x) for x in text.split()[:2]]
+            port_range = [low, high]
+        except ValueError:
+            port_range = None
+    hostname = (sources.read(HOSTNAME_PATH) or "").strip()
+    if not hostname and isinstance(sources, LocalSources) and sources.root == "/":
+        hostname = socket.gethostname()
+    return {
+        "hostname": hostname or None,
+        "count": read_int(sources, COUNT_PATH),
+        "max": read_int(sources, MAX_PATH),
+        "stats": parse_stat(sources.read(STAT_PATH)),
+        "port_range": port_range,
+        "addresses": parse_fib_trie(sources.read(FIB_TRIE_PATH))
+        + parse_if_inet6(sources.read(IF_INET6_PATH)),
+        "ena": read_ena(sources),
+    }
+
+
+def open_table(sources):
+    """(source name, line iterator) for the first table that exists; raises AgentError."""
+    for path in (TABLE_PROC,):
+        if sources.exists(path):
+            try:
+                return path, sources.open_lines(path)
+            except PermissionError:
+                raise AgentError(
+                    "permission",
+                    "cannot read %s: permission denied; run as root (sudo natfleet ...)" % path,
+                ) from None
+    lines = sources.command_lines(CONNTRACK_CMD)
+    if lines is not None:
+        return " ".join(CONNTRACK_CMD), lines
+    if sources.exists(TABLE_OLD):
+        try:
+            return TABLE_OLD, sources.open_lines(TABLE_OLD)
+        except PermissionError:
+            raise AgentError(
+                "permission", "cannot read %s: permission denied; run as root" % TABLE_OLD
+            ) from None
+    raise AgentError(
+        "no_table",
+        "no conntrack table: %s is absent and conntrack-tools is not installed "
+        "(load the module with 'modprobe nf_conntrack' or install the 'conntrack' package)"
+        % TABLE_PROC,
+    )
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _networks(values, what):
+    nets = []
+    for value in values or ():
+        try:
+            nets.append(ipaddress.ip_network(str(value), strict=False))
+        except ValueError:
+            message = "%s: %r is not an address or CIDR" % (what, value)
+            raise AgentError("bad_request", message) from None
+    return nets
+
+
+def _in_networks(addr, nets, cache):
+    hit = cache.get(addr)
+    if hit is None:
+        ip = ipaddress.ip_address(addr)
+        hit = cache[addr] = any(ip.version == n.version and ip in n for n in nets)
+    return hit
+
+
+class Request(object):
+    """A validated request (see docs/json.md); raises AgentError('bad_request')."""
+
+    def __init__(self, data):
+        if not isinstance(data, dict):
+            raise AgentError("bad_request", "the request must be a JSON object")
+        self.mode = data.get("mode", "list")
+        if self.mode not in ("list", "summary", "info"):
+            raise AgentError("bad_request", "mode must be list, summary or info")
+        filters = data.get("filters") or {}
+        proto = filters.get("proto")
+        self.pnum = None
+        if proto not in (None, ""):
+            proto = str(proto).lower()
+            if proto.isdigit():
+                self.pnum = int(proto)
+            elif proto in PROTO_NUMBERS:
+                self.pnum = PROTO_NUMBERS[proto]
+            else:
+                raise AgentError(
+                    "bad_request",
+                    "unknown protocol %r (one of %s, or a number)"
+                    % (proto, ", ".join(sorted(PROTO_NUMBERS))),
+                )
+        self.src = _networks(filters.get("src"), "-s")
+        self.dst = _networks(filters.get("dst"), "-d")
+        nat = filters.get("nat")
+        self.nat = frozenset(nat) if nat else TRANSLATED
+        if not self.nat <= frozenset(NAT_KINDS):
+            raise AgentError("bad_request", "nat kinds are %s" % ", ".join(NAT_KINDS))
+        self.sort = data.get("sort")
+        if self.sort not in (None,) + SORT_KEYS:
+            raise AgentError("bad_request", "sort must be one of %s" % ", ".join(SORT_KEYS))
+        self.top = int(data.get("top") or 10)
+        self.limit = data.get("limit")
+        self.resolve = bool(data.get("resolve"))
+        self.resolve_budget = float(data.get("resolve_budget") or 5.0)
+        self._src_cache = {}
+        self._dst_cache = {}
+
+    def matches(self, flow):
+        """netstat-nat's -p/-s/-d/-S/-D/-L/-R, done right (-d also matches a DNAT's public
+        address and its real server)."""
+        if self.pnum is not None and flow.pnum != self.pnum:
+            return False
+        if flow.nat not in self.nat:
+            return False
+        if self.src and not _in_networks(flow.osrc, self.src, self._src_cache):
+            return False
+        if not self.dst:
+            return True
+        cache = self._dst_cache
+        return _in_networks(flow.odst, self.dst, cache) or _in_networks(flow.rsrc, self.dst, cache)
+
+
+def _port(value):
+    return int(value) if value and value.isdigit() else -1
+
+
+def sort_key(name):
+    """A numeric sort key function for ``-r src|dst|src-port|dst-port|state``."""
+
+    def src(flow):
+        return address_key(flow.osrc), _port(flow.osp)
+
+    def dst(flow):
+        d = flow.shown()[2]
+        return address_key(d[0]), _port(d[1])
+
+    if name == "dst":
+        return dst
+    if name == "src-port":
+        return lambda f: (_port(f.osp), src(f))
+    if name == "dst-port":
+        return lambda f: (_port(f.shown()[2][1]), dst(f))
+    if name == "state":
+        return lambda f: (f.display_state(), src(f))
+    return src
+
+
+class TopCounter(object):
+    """Counts keys in bounded memory: exact up to ``capacity`` distinct keys, then keeps the
+    heaviest half and records the largest count it dropped (``error``: counts may be under
+    by at most that much).
+
+    >>> c = TopCounter(4)
+    >>> for key in "aabbbc":
+    ...     c.add(key)
+    >>> c.top(2)
+    [('b', 3), ('a', 2)]
+    """
+
+    def __init__(self, capacity=COUNTER_CAPACITY):
+        self.counts = {}
+        self.capacity = capacity
+        self.error = 0
+
+    def add(self, key, n=1):
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + n
+        if len(counts) > self.capacity:
+            keep = sorted(counts.items(), key=lambda kv: -kv[1])
+            half = self.capacity // 2
+            self.error = max(self.error, keep[half][1])
+            self.counts = dict(keep[:half])
+
+    def top(self, n):
+        return sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def scan(request, sources, own=None):
+    """Walk the table once: (source name, flows kept or Summary, lines, malformed info).
+
+    ``own`` is the box's own addresses (for local vs routed). In list mode the kept flows are
+    returned; in summary mode only the counters, so memory does not grow with the table.
+    """
+    own = frozenset(own or ())
+    source, handle = open_table(sources)
+    summary = Summary(request.top) if request.mode == "summary" else None
+    kept = []
+    malformed = {"count": 0, "examples": []}
+    lineno = 0
+    with handle as lines:
+        for lineno, line in enumerate(lines, 1):
+            try:
+                flow = parse_line(line, lineno)
+            except Malformed:
+                if not line.strip() or _is_trailer(line):
+                    continue
+                malformed["count"] += 1
+                if len(malformed["examples"]) < MALFORMED_EXAMPLES:
+                    malformed["examples"].append({"line": lineno, "text": line.rstrip("\n")[:500]})
+                continue
+            flow.nat = flow.nat_kind(own)
+            if summary is not None:
+                summary.add(flow)
+            elif request.matches(flow):
+                kept.append(flow)
+    return source, (summary if summary is not None else kept), lineno, malformed
+
+
+class Summary(object):
+    """Streaming per-box counters: states, protocols, NAT kinds, top talkers, port pressure."""
+
+    def __init__(self, top=10):
+        self.top_n = top
+        self.flows = 0
+        self.by_state = {}
+        self.by_proto = {}
+        self.by_nat = {}
+        self.sources = TopCounter()
+        self.destinations = TopCounter()
+        self.ports = TopCounter()
+        self.tcp_snat_established = 0
+
+    def add(self, flow):
+        self.flows += 1
+        proto = flow.proto
+        state = proto + ":" + (flow.state or flow.display_state())
+        self.by_state[state] = self.by_state.get(state, 0) + 1
+        self.by_proto[proto] = self.by_proto.get(proto, 0) + 1
+        nat = flow.nat
+        self.by_nat[nat] = self.by_nat.get(nat, 0) + 1
+        self.sources.add(flow.osrc)
+        self.destinations.add(flow.rsrc)
+        if nat == "snat" or nat == "snat+dnat":
+            if flow.pnum in PORT_PROTOS:
+                self.ports.add((flow.rdst, flow.rsrc, flow.rsp, proto))
+            if flow.pnum == 6 and flow.state == "ESTABLISHED":
+                self.tcp_snat_established += 1
+
+    def to_json(self, port_range):
+        size = port_range[1] - port_range[0] + 1 if port_range else None
+        pressure = []
+        for (nat_ip, dst, dport, proto), used in self.ports.top(self.top_n):
+            pressure.append(
+                {
+                    "nat_ip": nat_ip,
+                    "dst": dst,
+                    "dport": int(dport),
+                    "proto": proto,
+                    "ports": used,
+                    "pct": round(100.0 * used / size, 2) if size else None,
+                }
+            )
+        return {
+            "flows": self.flows,
+            "by_state": self.by_state,
+            "by_proto": self.by_proto,
+            "by_nat": dict((k, self.by_nat.get(k, 0)) for k in NAT_KINDS),
+            "tcp_snat_established": self.tcp_snat_established,
+            "top_sources": [[a, n] for a, n in self.sources.top(self.top_n)],
+            "top_destinations": [[a, n] for a, n in self.destinations.top(self.top_n)],
+            "top_error": max(self.sources.error, self.destinations.error, self.ports.error),
+            "port_range_size": size,
+            "port_pressure": pressure,
+        }
+
+
+def resolve_names(addresses, budget):
+    """Reverse-resolve addresses within ``budget`` seconds in all; unresolved are left out."""
+    names = {}
+    addresses = sorted(set(a for a in addresses if a))
+    if not addresses:
+        return names
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(addresses)))
+    futures = dict((pool.submit(socket.gethostbyaddr, a), a) for a in addresses)
+    try:
+        for future in concurrent.futures.as_completed(futures, timeout=budget):
+            try:
+                names[futures[future]] = future.result()[0]
+            except (OSError, socket.herror, socket.gaierror, UnicodeError):
+                continue
+    except concurrent.futures.TimeoutError:
+        pass  # budget spent: the rest print as numbers
+    pool.shutdown(wait=False)
+    return names
+
+
+def run(request, sources):
+    """Serve a validated Request: the answer dict minus rows, and the kept flows (list mode).
+
+    Used in-process by ``natfleet local`` (which renders Flow objects directly) and by
+    :func:`handle` (which turns them into JSON rows).
+    """
+    started = time.time()
+    facts = host_facts(sources)
+    answer = {"agent": AGENT_VERSION, "ok": True, "warnings": []}
+    answer.update(facts)
+    flows = []
+    if request.mode == "info":
+        answer["source"] = None
+        return answer, flows
+    own = set(facts["addresses"])
+    source, result, lines, malformed = scan(request, sources, own)
+    answer["source"] = source
+    answer["lines"] = lines
+    answer["malformed"] = malformed
+    if answer["count"] is None and source != TABLE_PROC:
+        answer["count"] = lines - malformed["count"]
+    if request.mode == "summary":
+        answer["summary"] = result.to_json(facts["port_range"])
+        answer["matched"] = result.flows
+        fill = None
+        if answer["count"] is not None and answer["max"]:
+            fill = round(100.0 * answer["count"] / answer["max"], 2)
+        answer["summary"]["fill_pct"] = fill
+    else:
+        flows = result
+        flows.sort(key=sort_key(request.sort or "src"))
+        if request.limit is not None:
+            flows = flows[: int(request.limit)]
+        answer["matched"] = len(result)
+        if request.resolve:
+            addrs = set()
+            for flow in flows:
+                addrs.update((flow.osrc, flow.odst, flow.rsrc, flow.rdst))
+            answer["names"] = resolve_names(addrs, request.resolve_budget)
+    answer["seconds"] = round(time.time() - started, 3)
+    return answer, flows
+
+
+def failure(kind, message):
+    """An ``ok: false`` answer."""
+    return {"agent": AGENT_VERSION, "ok": False, "error": {"kind": kind, "message": message}}
+
+
+def handle(data, sources):
+    """Serve a request dict; never raises (errors become ``{"ok": false, "error": ...}``).
+
+    >>> handle({"mode": "bogus"}, DumpSources())["error"]["kind"]
+    'bad_request'
+    """
+    try:
+        request = Request(data)
+        answer, flows = run(request, sources)
+        if request.mode == "list":
+            answer["rows"] = [flow.to_json() for flow in flows]
+        return answer
+    except AgentError as exc:
+        return {
+            "agent": AGENT_VERSION,
+            "ok": False,
+            "error": {"kind": exc.kind, "message": str(exc)},
+        }
+
+
+def main():
+    """Read one JSON request on stdin, write one JSON answer on stdout."""
+    raw = sys.stdin.buffer.read()
+    try:
+        data = json.loads(raw.decode("utf-8") or "{}")
+        answer = handle(data, LocalSources("/"))
+    except ValueError as exc:
+        answer = failure("bad_request", "request is not JSON: %s" % exc)
+    sys.stdout.write(json.dumps(answer, separators=(",", ":")))
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The ``natfleet`` command: argument parsing and the one place that prints errors and exits.
+
+Each sub-command lives in ``natfleet/commands/<name>.py`` with ``register(subparsers)``, which
+adds its parser and sets ``func(args) -> int``.
+
+Example:
+    $ natfleet local -nN
+    $ natfleet summary --host root@198.19.255.11
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+from natfleet import __version__
+from natfleet.errors import ExitCode, NatfleetError
+
+COMMAND_MODULES = (
+    "discover",
+    "conns",
+    "summary",
+    "local",
+    "gateways",
+    "compare",
+    "watch",
+    "lab",
+    "demo",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with natfleet's usage code (2) and a hint."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n(see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree."""
+    import importlib
+
+    parser = _Parser(
+        prog="natfleet",
+        description="show xlate for a fleet of Linux NAT boxes: every translation on every NAT "
+        "instance (conntrack over SSH) and NAT gateway metrics (CloudWatch), in one table.",
+        epilog="examples:\n  natfleet lab up && natfleet summary\n  natfleet local -nN\n"
+        "  natfleet conns --tag Role=nat -p tcp -S\n  natfleet compare --since 3h",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"natfleet {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"natfleet.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"natfleet.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run natfleet; returns the exit code (see :class:`natfleet.errors.ExitCode`)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="natfleet: %(levelname)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return ExitCode.USAGE
+    try:
+        return int(args.func(args))
+    except NatfleetError as exc:
+        if args.debug:
+            raise
+        print(f"Error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return ExitCode.OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""SSH for the lab: keys, one sshd per box on its management address, known_hosts, ssh_config.
+
+Everything lives under the state folder; the user's ``~/.ssh`` is never read or written.
+
+Example (what ``lab up`` writes, then any OpenSSH or natfleet client can use):
+    $ ssh -F /run/natfleet-lab/ssh_config nflab-box1 conntrack -C
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from natfleet.errors import LabError
+from natfleet.lab.state import LabBox
+from natfleet.lab.system import SSHD, run, spawn
+
+PRIVSEP_DIR = Path("/run/sshd")  # sshd refuses to start without it
+
+
+def keygen(path: Path, comment: str) -> str:
+    """Make an ed25519 key pair at ``path``; returns the public key line."""
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    return path.with_suffix(".pub").read_text().strip()
+
+
+def sshd_config(box: LabBox, host_key: Path, authorized_keys: Path) -> str:
+    """The sshd_config of one box: its mgmt address only, keys only, root allowed."""
+    return (
+        f"ListenAddress {box.mgmt_ip}\n"
+        f"Port {box.ssh_port}\n"
+        f"HostKey {host_key}\n"
+        f"AuthorizedKeysFile {authorized_keys}\n"
+        "PidFile none\n"
+        "StrictModes no\n"
+        "PermitRootLogin prohibit-password\n"
+        "PubkeyAuthentication yes\n"
+        "PasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n"
+        "UsePAM no\n"
+        "X11Forwarding no\n"
+        "PrintMotd no\n"
+        "MaxStartups 64:30:128\n"
+        "MaxSessions 64\n"
+        "LogLevel VERBOSE\n"
+    )
+
+
+def ssh_config(boxes: Sequence[LabBox], key_file: Path, known_hosts: Path) -> str:
+    """An ssh_config with ``Host nflab-boxN <mgmt ip>`` blocks using the lab key and hosts."""
+    blocks = []
+    for box in boxes:
+        blocks.append(
+            f"Host {box.name} {box.mgmt_ip}\n"
+            f"    HostName {box.mgmt_ip}\n"
+            f"    Port {box.ssh_port}\n"
+            "    User root\n"
+            f"    IdentityFile {key_file}\n"
+            "    IdentitiesOnly yes\n"
+            f"    UserKnownHostsFile {known_hosts}\n"
+            "    GlobalKnownHostsFile /dev/null\n"
+            "    StrictHostKeyChecking yes\n"
+            "    ConnectTimeout 5\n"
+        )
+    return "\n".join(blocks)
+
+
+def known_hosts_line(box: LabBox, host_public_key: str) -> str:
+    """``198.19.255.11,nflab-box1 ssh-ed25519 AAAA...`` (``[ip]:port`` off port 22)."""
+    names = [box.mgmt_ip, box.name]
+    if box.ssh_port != 22:
+        names = [f"[{name}]:{box.ssh_port}" for name in names]
+    key_type, key_b64 = host_public_key.split()[:2]
+    return f"{','.join(names)} {key_type} {key_b64}"
+
+
+def start_sshd(box: LabBox, ssh_dir: Path, authorized_keys: Path, lifetime: int) -> tuple[int, str]:
+    """Write the box's host key and config, start its sshd; returns (pid, host public key)."""
+    host_key = ssh_dir / f"{box.name}_host_ed25519_key"
+    public = keygen(host_key, f"{box.name} host key")
+    config = ssh_dir / f"{box.name}_sshd_config"
+    config.write_text(sshd_config(box, host_key, authorized_keys))
+    log = ssh_dir / f"{box.name}_sshd.log"
+    pid = spawn(box.netns, [SSHD, "-D", "-e", "-f", str(config)], log, ssh_dir.parent, lifetime)
+    return pid, public
+
+
+def wait_for_ssh(boxes: Sequence[LabBox], seconds: float = 10) -> None:
+    """Wait until every box's sshd sends its banner; LabError naming the ones that did not."""
+    deadline = time.monotonic() + seconds
+    waiting = list(boxes)
+    while waiting and time.monotonic() < deadline:
+        waiting = [box for box in waiting if not _banner(box.mgmt_ip, box.ssh_port)]
+        if waiting:
+            time.sleep(0.05)
+    if waiting:
+        names = ", ".join(f"{box.name} ({box.mgmt_ip}:{box.ssh_port})" for box in waiting)
+        raise LabError(f"sshd did not answer within {seconds:.0f} s on {names}")
+
+
+def _banner(ip: str, port: int) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=0.5) as sock:
+            return sock.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False

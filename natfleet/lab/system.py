@@ -1,0 +1,134 @@
+"""Running commands for the lab: the root and tools check, namespaces, background processes.
+
+Every external command the lab runs goes through :func:`run` (errors become
+:class:`~natfleet.errors.LabError` with the command's own message) or :func:`spawn` (a
+process with a hard lifetime, left running after the lab returns).
+
+Example:
+    >>> netns_argv("nflab-box1", ["conntrack", "-C"])
+    ['ip', 'netns', 'exec', 'nflab-box1', 'conntrack', '-C']
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+from natfleet.errors import LabError
+
+INSTALL_HINT = "apt-get install iptables conntrack netstat-nat openssh-server iproute2"
+TOOLS = ("ip", "iptables-restore", "sysctl", "timeout", "ssh-keygen", "sshd", "conntrack")
+SSHD = "/usr/sbin/sshd"
+
+
+def netns_argv(netns: str, argv: Sequence[str]) -> list[str]:
+    """The command line that runs ``argv`` inside network namespace ``netns``.
+
+    Example: ``netns_argv("nflab-in1", ["ss", "-tn"])`` ->
+    ``["ip", "netns", "exec", "nflab-in1", "ss", "-tn"]``
+    """
+    return ["ip", "netns", "exec", netns, *argv]
+
+
+def check_can_run() -> None:
+    """Raise LabError saying what to do when not root or a needed tool is missing."""
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, iptables): sudo natfleet lab up")
+    for tool in TOOLS:
+        if not (shutil.which(tool) or os.path.exists(f"/usr/sbin/{tool}")):
+            raise LabError(f"the lab needs '{tool}': {INSTALL_HINT}")
+
+
+def run(argv: Sequence[str], input: Optional[str] = None, timeout: float = 30) -> str:
+    """Run a command and return its stdout; a failure raises LabError with its stderr.
+
+    Example: ``run(["ip", "netns", "list"])`` -> ``"nflab-box1 (id: 3)\\n..."``
+    """
+    try:
+        done = subprocess.run(
+            list(argv), input=input, capture_output=True, text=True, timeout=timeout
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LabError(f"lab command failed: {' '.join(argv)}: {exc}") from exc
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip()
+        raise LabError(f"lab command failed ({done.returncode}): {' '.join(argv)}: {detail}")
+    return done.stdout
+
+
+def netns_list(prefix: str) -> list[str]:
+    """Names of the network namespaces starting with ``prefix``."""
+    names = (line.split()[0] for line in run(["ip", "netns", "list"]).splitlines() if line)
+    return [name for name in names if name.startswith(prefix)]
+
+
+def sysctl_in(netns: str, values: dict[str, object]) -> None:
+    """Set sysctls inside one namespace only, e.g. ``{"net.ipv4.ip_forward": 1}``."""
+    run(netns_argv(netns, ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in values.items())]))
+
+
+PID_DIR = "pids"
+
+
+def spawn(netns: str, argv: Sequence[str], log_path: Path, state_dir: Path, lifetime: int) -> int:
+    """Start ``argv`` in ``netns`` in the background, killed after ``lifetime`` s; its pid.
+
+    The process is detached (its own session, parent init) so it outlives the caller, with
+    stdout and stderr in ``log_path``; ``timeout -k 5`` is the hard lifetime. Its pid is kept
+    in ``<state_dir>/pids/`` for :func:`recorded_pids`.
+    """
+    full = netns_argv(netns, ["timeout", "-k", "5", str(lifetime), *argv])
+    script = 'log=$1; shift; "$@" >"$log" 2>&1 </dev/null & echo $!'
+    pid = int(run(["sh", "-c", script, "sh", str(log_path), *full]).strip())
+    pid_dir = state_dir / PID_DIR
+    pid_dir.mkdir(exist_ok=True)
+    (pid_dir / f"{pid}.pid").write_text(f"{netns} {log_path.name}\n")
+    return pid
+
+
+def recorded_pids(state_dir: Path) -> list[int]:
+    """The pids :func:`spawn` started for this state folder."""
+    return [int(path.stem) for path in (state_dir / PID_DIR).glob("*.pid")]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def stop_pids(pids: Sequence[int], must_contain: str, wait: float = 3.0) -> None:
+    """SIGTERM the pids whose command line contains ``must_contain``, SIGKILL if still there.
+
+    The command-line check keeps a recycled pid (another program) safe.
+    """
+    mine = [pid for pid in pids if must_contain in _cmdline(pid)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in mine:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(_cmdline(pid) for pid in mine):
+            time.sleep(0.05)
+
+
+def kill_netns_processes(netns: str) -> None:
+    """SIGKILL every process still inside ``netns`` (``ip netns pids``)."""
+    pids = [int(p) for p in run(["ip", "netns", "pids", netns]).split()]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and run(["ip", "netns", "pids", netns]).split():
+        time.sleep(0.05)

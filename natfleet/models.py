@@ -1,0 +1,108 @@
+"""Typed records shared by the laptop-side modules (the agent itself stays stdlib-only).
+
+Example:
+    >>> t = Target(name="nat-a", host="198.19.255.11", instance_id="i-0abc")
+    >>> HostResult(target=t, answer={"ok": True, "rows": []}).rows
+    []
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class Target:
+    """One box to read: an EC2 instance, a ``--host``, the local machine or a dump file.
+
+    ``kind`` is ``ssh``, ``local`` or ``file``; ``host`` is what SSH connects to (an address
+    or an ``~/.ssh/config`` alias); ``user``/``port`` override the SSH config when set.
+    """
+
+    name: str
+    host: str = ""
+    kind: str = "ssh"
+    user: Optional[str] = None
+    port: Optional[int] = None
+    instance_id: Optional[str] = None
+    region: Optional[str] = None
+    path: Optional[str] = None  # for kind == "file"
+
+    @property
+    def label(self) -> str:
+        """What a table shows in its first column: ``Name (i-0abc)`` or the host."""
+        if self.instance_id and self.name and self.name != self.instance_id:
+            return f"{self.name} ({self.instance_id})"
+        return self.name or self.instance_id or self.host
+
+
+@dataclass
+class HostResult:
+    """The agent's JSON answer for one target (see docs/json.md for its fields)."""
+
+    target: Target
+    answer: dict[str, Any]
+    seconds: float = 0.0
+    bytes_received: int = 0
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.answer.get("rows", [])
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.answer.get("summary", {})
+
+
+@dataclass
+class HostError:
+    """A target that could not be read; printed as a row with its message."""
+
+    target: Target
+    message: str
+    kind: str = "error"  # connect, auth, hostkey, sudo, timeout, agent, table
+    seconds: float = 0.0
+
+
+@dataclass
+class Device:
+    """A NAT device found in AWS: a NAT instance or a NAT gateway.
+
+    ``found_by`` lists how: ``tag:Role=nat``, ``route:rtb-123 0.0.0.0/0``,
+    ``source-dest-check:off``, ``nat-gateway``.
+    """
+
+    kind: str  # "instance", "gateway", or "missing" (a route target that no longer exists)
+    id: str
+    region: str
+    name: str = ""
+    vpc_id: str = ""
+    subnet_id: str = ""
+    private_ip: Optional[str] = None
+    public_ip: Optional[str] = None
+    instance_type: Optional[str] = None
+    state: str = ""
+    found_by: list[str] = field(default_factory=list)
+    route_tables: list[str] = field(default_factory=list)
+    blackhole_routes: list[str] = field(default_factory=list)
+    addresses: list[str] = field(default_factory=list)  # gateway public/private IPs
+    tags: dict[str, str] = field(default_factory=dict)
+    profile: Optional[str] = None  # the AWS profile it was found with (None: default chain)
+
+
+@dataclass
+class MetricSeries:
+    """One CloudWatch series: timestamps ascending, values aligned; empty means no data."""
+
+    resource_id: str
+    metric: str
+    statistic: str
+    timestamps: list[Any] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    namespace: str = ""  # AWS/NATGateway or AWS/EC2
+    period: int = 0  # seconds per point
+
+    @property
+    def has_data(self) -> bool:
+        return bool(self.values)
