@@ -405,6 +405,7 @@ class Flow(object):
         "otoks",
         "rtoks",
         "nat",
+        "row",
     )
 
     def nat_kind(self, own):
@@ -430,6 +431,12 @@ class Flow(object):
         """TCP/SCTP state; otherwise UNREPLIED, ASSURED, OFFLOAD, HW_OFFLOAD or REPLIED."""
         if self.state:
             return self.state
+        if self.row is not None:
+            flags = self.flags()
+            for flag in ("UNREPLIED", "ASSURED", "HW_OFFLOAD", "OFFLOAD"):
+                if flag in flags:
+                    return flag
+            return "REPLIED"
         if "[UNREPLIED]" in self.otoks:
             return "UNREPLIED"
         tail = self.rtoks
@@ -442,7 +449,43 @@ class Flow(object):
         return "REPLIED"
 
     def flags(self):
+        if self.row is not None:
+            return list(self.row.get("flags") or ())
         return [t[1:-1] for t in self.otoks + self.rtoks if t in FLAG_TOKENS]
+
+    @classmethod
+    def from_json(cls, row):
+        """The inverse of :meth:`to_json`, for rows that came back from a remote agent.
+
+        >>> row = {"proto": "udp", "l3": "ipv4", "state": None, "nat": "snat", "flags": [],
+        ...        "orig": {"src": "198.18.1.10", "dst": "203.0.113.53", "sport": 5353,
+        ...                 "dport": 53},
+        ...        "reply": {"src": "203.0.113.53", "dst": "198.51.100.11", "sport": 53,
+        ...                  "dport": 5353}}
+        >>> Flow.from_json(row).shown()[1]
+        ('198.51.100.11', '5353')
+        """
+        flow = cls()
+        flow.row = row
+        flow.l3 = row.get("l3")
+        flow.proto = row["proto"]
+        flow.pnum = PROTO_NUMBERS.get(flow.proto, -1)
+        flow.state = row.get("state")
+        flow.timeout = row.get("timeout")
+        flow.gre = row.get("gre")
+        flow.nat = row["nat"]
+        flow.otoks = flow.rtoks = ()
+        orig, reply = row["orig"], row["reply"]
+        flow.osrc, flow.odst = orig["src"], orig["dst"]
+        flow.rsrc, flow.rdst = reply["src"], reply["dst"]
+        flow.osp, flow.odp = _text(orig.get("sport")), _text(orig.get("dport"))
+        flow.rsp, flow.rdp = _text(reply.get("sport")), _text(reply.get("dport"))
+        if "id" in orig:
+            flow.osp, flow.rdp = _text(orig["id"]), _text(reply.get("id"))
+        elif "srckey" in orig:
+            flow.osp, flow.odp = orig["srckey"], orig["dstkey"]
+            flow.rsp, flow.rdp = reply.get("srckey"), reply.get("dstkey")
+        return flow
 
     def shown(self):
         """(source, nat-host, destination) as (addr, port) pairs, the way netstat-nat lays
@@ -459,6 +502,8 @@ class Flow(object):
 
     def to_json(self):
         """The row of docs/json.md (optional keys only when the kernel printed them)."""
+        if self.row is not None:
+            return self.row
         row = {
             "proto": self.proto,
             "l3": self.l3,
@@ -484,6 +529,10 @@ class Flow(object):
                 elif key == "secctx":
                     row["secctx"] = value
         return row
+
+
+def _text(value):
+    return None if value is None else str(value)
 
 
 def _tuple_json(tokens, src, dst):
@@ -546,6 +595,7 @@ def parse_line(line, lineno=0):
         raise Malformed("bad protocol number")
     pnum = int(pnum_text)
     flow = Flow()
+    flow.row = None
     flow.pnum = pnum
     flow.proto = PROTO_NAMES.get(pnum) or head[k]
     rest = head[k + 2 :]

@@ -93,3 +93,25 @@ def pytest_sessionfinish(session, exitstatus):
             red=True,
         )
         session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """The running lab (3 boxes, natfleet.lab.LabState), brought up once per session.
+
+    Torn down at the end only when this fixture brought it up; a lab someone started by hand
+    (``sudo natfleet lab up``) is used as it is and left running.
+    """
+    need_lab()
+    import natfleet.lab
+    from natfleet.errors import LabError
+
+    try:
+        before = natfleet.lab.load_state()
+        was_up = len(before.boxes) == 3 and natfleet.lab.is_running(before)
+    except LabError:
+        was_up = False
+    state = natfleet.lab.up(boxes=3, log=lambda _message: None)
+    yield state
+    if not was_up:
+        natfleet.lab.down(log=lambda _message: None)

@@ -1,0 +1,88 @@
+"""``natfleet local``: this machine's translations, netstat-nat compatible.
+
+Example:
+    $ sudo natfleet local -nN -p tcp
+    Proto NATed Address                  NAT-host Address               Destination ...
+    tcp   198.18.1.10:40000              198.51.100.11:40000            203.0.113.5:443 ...
+    $ natfleet local -n --input saved-table.txt -p udp --format json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from natfleet import agent
+from natfleet.commands.flowopts import (
+    NETSTAT_EPILOG,
+    add_flow_options,
+    request_from_args,
+    style_from_args,
+)
+from natfleet.errors import ExitCode, TableError, UsageError
+from natfleet.render import malformed_notes, write_flows
+
+EXAMPLES = """examples:
+  sudo natfleet local -nN              every translation, with the NAT-host column
+  sudo natfleet local -n -p tcp -S -r dst-port
+  sudo natfleet local -n -L            connections to the box itself
+  natfleet local -n --input table.txt  a saved /proc/net/nf_conntrack or conntrack -L dump
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "local",
+        help="this machine's translations (netstat-nat compatible)",
+        description="Read this machine's conntrack table (or a saved dump) and print every "
+        "translated connection, netstat-nat style. " + NETSTAT_EPILOG,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_flow_options(parser)
+    parser.add_argument(
+        "--input",
+        metavar="FILE",
+        help="read a saved table (/proc/net/nf_conntrack or conntrack -L output; - for stdin)",
+    )
+    parser.set_defaults(func=run)
+
+
+def sources_for(path: str | None) -> agent.LocalSources | agent.DumpSources:
+    """The live machine, or a saved dump (auto-detected format) for ``--input``."""
+    if path is None:
+        return agent.LocalSources("/")
+    if path != "-":
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"--input {path}: {exc.strerror}") from None
+    return agent.DumpSources(table_file=path)
+
+
+def serve(request: dict, sources: agent.LocalSources | agent.DumpSources):
+    """Run the agent in-process; its errors become natfleet errors."""
+    try:
+        return agent.run(agent.Request(request), sources)
+    except agent.AgentError as exc:
+        if exc.kind == "bad_request":
+            raise UsageError(str(exc)) from None
+        raise TableError(str(exc)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    request = request_from_args(args)
+    answer, flows = serve(request, sources_for(args.input))
+    style = style_from_args(args)
+    style.names = answer.get("names") or {}
+    out = sys.stdout
+    write_flows(out, args.format or "netstat", flows, style)
+    footer, details = malformed_notes(answer)
+    for line in details:
+        print(line, file=sys.stderr)
+    if footer:
+        if (args.format or "netstat") == "netstat":
+            print(footer, file=out)
+        print(footer, file=sys.stderr)
+    return ExitCode.OK

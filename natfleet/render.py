@@ -1,0 +1,217 @@
+"""Output: netstat-nat text, tables, JSON and CSV, for every listing command.
+
+Example:
+    >>> from natfleet.agent import parse_line
+    >>> f = parse_line("ipv4 2 tcp 6 3599 ESTABLISHED src=192.168.1.10 dst=203.0.113.5 "
+    ...     "sport=40000 dport=443 src=203.0.113.5 dst=198.51.100.1 sport=443 dport=61000 "
+    ...     "[ASSURED] mark=0 zone=0 use=2")
+    >>> f.nat = "snat"
+    >>> print(next(netstat_lines([f], NetstatStyle(header=False))))
+    tcp   192.168.1.10:40000             203.0.113.5:443                ESTABLISHED
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional, TextIO
+
+from tabulate import tabulate
+
+from natfleet.agent import Flow
+
+FORMATS = ("netstat", "table", "json", "csv")
+PORTED = frozenset(("tcp", "udp", "udplite", "sctp", "dccp"))
+
+
+@dataclass
+class NetstatStyle:
+    """netstat-nat's layout switches: -N (nat_host), -x (wide), -o (no header), -L/-R."""
+
+    nat_host: bool = False
+    wide: bool = False
+    header: bool = True
+    untranslated: bool = False  # -L / -R: "Source Address", no NAT-host column
+    names: dict[str, str] = field(default_factory=dict)  # address -> name (without -n)
+    service_names: bool = False  # port -> service name (without -n)
+    host_column: Optional[str] = None  # fleet: the target label column heading
+
+
+def endpoint(addr: Optional[str], port: Optional[str], proto: str, style: NetstatStyle) -> str:
+    """``addr:port`` (``[v6]:port``), ports only for port protocols, names when asked."""
+    if not addr:
+        return ""
+    shown = style.names.get(addr, addr)
+    if ":" in shown and proto in PORTED and port is not None:
+        shown = f"[{shown}]"
+    if proto in PORTED and port is not None:
+        return f"{shown}:{_service(port, proto) if style.service_names else port}"
+    return shown
+
+
+_SERVICES: dict[tuple[str, str], str] = {}
+
+
+def _service(port: str, proto: str) -> str:
+    key = (port, proto)
+    if key not in _SERVICES:
+        try:
+            _SERVICES[key] = socket.getservbyport(int(port), proto if proto == "udp" else "tcp")
+        except (OSError, ValueError):
+            _SERVICES[key] = port
+    return _SERVICES[key]
+
+
+def _cell(value: str, width: int) -> str:
+    """Pad to the column; a longer value widens its row (one space) instead of being cut."""
+    return value.ljust(width) if len(value) < width else value + " "
+
+
+def netstat_header(style: NetstatStyle) -> str:
+    width = 41 if style.wide else 31
+    first = "Source Address" if style.untranslated else "NATed Address"
+    cells = [_cell(style.host_column, 24)] if style.host_column else []
+    cells += ["Proto ", _cell(first, width)]
+    if style.nat_host and not style.untranslated:
+        cells.append(_cell("NAT-host Address", width))
+    cells += [_cell("Destination Address", width), "State"]
+    return "".join(cells)
+
+
+def netstat_lines(
+    flows: Iterable[Flow], style: NetstatStyle, labels: Optional[Sequence[str]] = None
+) -> Iterator[str]:
+    """netstat-nat's fixed-width text: Proto 6, address columns 31 (41 with -x), State."""
+    width = 41 if style.wide else 31
+    if style.header:
+        yield netstat_header(style)
+    for i, flow in enumerate(flows):
+        source, nat_host, dest = flow.shown()
+        proto = flow.proto
+        cells = [_cell(labels[i], 24)] if labels is not None else []
+        cells.append(_cell(proto, 6))
+        cells.append(_cell(endpoint(source[0], source[1], proto, style), width))
+        if style.nat_host and not style.untranslated:
+            cells.append(_cell(endpoint(nat_host[0], nat_host[1], proto, style), width))
+        cells.append(_cell(endpoint(dest[0], dest[1], proto, style), width))
+        cells.append(flow.display_state())
+        yield "".join(cells).rstrip()
+
+
+FLOW_COLUMNS = ("proto", "nat", "source", "nat_host", "destination", "state", "timeout")
+
+
+def flow_record(flow: Flow, style: NetstatStyle) -> dict[str, Any]:
+    """One flat record (table and CSV), the same fields the netstat view shows."""
+    source, nat_host, dest = flow.shown()
+    proto = flow.proto
+    return {
+        "proto": proto,
+        "nat": flow.nat,
+        "source": endpoint(source[0], source[1], proto, style),
+        "nat_host": endpoint(nat_host[0], nat_host[1], proto, style),
+        "destination": endpoint(dest[0], dest[1], proto, style),
+        "state": flow.display_state(),
+        "timeout": flow.timeout,
+    }
+
+
+def write_flows(
+    out: TextIO,
+    fmt: str,
+    flows: Sequence[Flow],
+    style: NetstatStyle,
+    targets: Optional[Sequence[dict[str, Any]]] = None,
+) -> None:
+    """Write flows in one format; ``targets`` (fleet) gives each row's target."""
+    labels = [t["label"] for t in targets] if targets is not None else None
+    if fmt == "netstat":
+        write_lines(out, netstat_lines(flows, style, labels))
+    elif fmt == "json":
+        rows = []
+        for i, flow in enumerate(flows):
+            row = dict(flow.to_json())
+            if targets is not None:
+                row["target"] = {k: v for k, v in targets[i].items() if k != "label"}
+            rows.append(row)
+        write_json(out, rows)
+    else:
+        records = []
+        for i, flow in enumerate(flows):
+            record = flow_record(flow, style)
+            if labels is not None:
+                record = {"target": labels[i], **record}
+            records.append(record)
+        columns = (("target",) if labels is not None else ()) + FLOW_COLUMNS
+        write_records(out, fmt, records, columns)
+
+
+def write_lines(out: TextIO, lines: Iterable[str]) -> None:
+    """Write text lines in large chunks (a 250,000-row listing stays fast)."""
+    batch: list[str] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) >= 8192:
+            out.write("\n".join(batch) + "\n")
+            batch.clear()
+    if batch:
+        out.write("\n".join(batch) + "\n")
+
+
+def write_json(out: TextIO, data: Any) -> None:
+    json.dump(data, out, indent=2, default=str)
+    out.write("\n")
+
+
+def write_records(
+    out: TextIO, fmt: str, records: Sequence[dict[str, Any]], columns: Sequence[str]
+) -> None:
+    """Records as a table (tabulate), CSV, or JSON."""
+    if fmt == "json":
+        write_json(out, list(records))
+    elif fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for record in records:
+            writer.writerow({k: _csv_value(record.get(k)) for k in columns})
+    else:
+        rows = [[_table_value(record.get(k)) for k in columns] for record in records]
+        out.write(tabulate(rows, headers=list(columns), tablefmt="simple", disable_numparse=True))
+        out.write("\n")
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=str)
+    return "" if value is None else value
+
+
+def _table_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def malformed_notes(answer: dict[str, Any], label: str = "") -> tuple[Optional[str], list[str]]:
+    """(footer for the output, detail lines for stderr) about skipped malformed lines."""
+    bad = answer.get("malformed") or {}
+    count = bad.get("count", 0)
+    if not count:
+        return None, []
+    where = f" on {label}" if label else ""
+    footer = (
+        f"natfleet: {count} malformed conntrack line(s){where} skipped "
+        f"(of {answer.get('lines', '?')} read from {answer.get('source')})"
+    )
+    details = [
+        f"natfleet: malformed line {ex['line']}{where}: {ex['text']!r}"
+        for ex in bad.get("examples", [])
+    ]
+    return footer, details
