@@ -768,7 +768,7 @@ def open_table(sources):
     for path in (TABLE_PROC,):
         if sources.exists(path):
             try:
-                return path, sources.open_lines(path)
+                return getattr(sources, "table_file", None) or path, sources.open_lines(path)
             except PermissionError:
                 raise AgentError(
                     "permission",
@@ -1048,6 +1048,10 @@ def run(request, sources):
         answer["source"] = None
         return answer, flows
     own = set(facts["addresses"])
+    if not own:
+        answer["warnings"].append(
+            "the box's own addresses are unknown: connections to it show as routed"
+        )
     source, result, lines, malformed = scan(request, sources, own)
     answer["source"] = source
     answer["lines"] = lines

@@ -125,11 +125,16 @@ def write_flows(
     flows: Sequence[Flow],
     style: NetstatStyle,
     targets: Optional[Sequence[dict[str, Any]]] = None,
+    errors: Sequence[dict[str, Any]] = (),
 ) -> None:
-    """Write flows in one format; ``targets`` (fleet) gives each row's target."""
+    """Write flows in one format. Fleet commands give each row's ``targets`` entry
+    (``label``, ``name``, ``instance_id``, ``host``) and the failed boxes as ``errors``
+    (``target``, ``kind``, ``error``), which become rows of their own."""
     labels = [t["label"] for t in targets] if targets is not None else None
     if fmt == "netstat":
         write_lines(out, netstat_lines(flows, style, labels))
+        for e in errors:
+            out.write(f"{_cell(e['target']['label'], 24)}ERROR {e['kind']}: {e['error']}\n")
     elif fmt == "json":
         rows = []
         for i, flow in enumerate(flows):
@@ -137,7 +142,7 @@ def write_flows(
             if targets is not None:
                 row["target"] = {k: v for k, v in targets[i].items() if k != "label"}
             rows.append(row)
-        write_json(out, rows)
+        write_json(out, rows + list(errors))
     else:
         records = []
         for i, flow in enumerate(flows):
@@ -145,6 +150,10 @@ def write_flows(
             if labels is not None:
                 record = {"target": labels[i], **record}
             records.append(record)
+        for e in errors:
+            records.append(
+                {"target": e["target"]["label"], "state": f"ERROR {e['kind']}: {e['error']}"}
+            )
         columns = (("target",) if labels is not None else ()) + FLOW_COLUMNS
         write_records(out, fmt, records, columns)
 
