@@ -56,7 +56,11 @@ def lab_missing() -> str:
         return "lab tests need root (network namespaces, iptables)"
     for tool in ("ip", "iptables", "conntrack", "netstat-nat", "sshd"):
         if not (shutil.which(tool) or os.path.exists(f"/usr/sbin/{tool}")):
-            return f"lab tests need '{tool}' (apt-get install iptables conntrack netstat-nat openssh-server iproute2)"
+            return (
+                f"lab tests need '{tool}' "
+                "(sudo ./dev setup, or apt-get install iptables conntrack netstat-nat "
+                "openssh-server iproute2)"
+            )
     return ""
 
 
@@ -95,12 +99,16 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
 
 
+LAB_STARTED_HERE = {"value": False}  # set by the `lab` fixture when it built the lab
+
+
 @pytest.fixture(scope="session")
 def lab():
     """The running lab (3 boxes, natfleet.lab.LabState), brought up once per session.
 
-    Torn down at the end only when this fixture brought it up; a lab someone started by hand
-    (``sudo natfleet lab up``) is used as it is and left running.
+    Torn down at the end only when this fixture brought it up (then
+    ``LAB_STARTED_HERE["value"]`` is True); a lab someone started by hand
+    (``sudo natfleet lab up``) or another session is used as it is and left running.
     """
     need_lab()
     import natfleet.lab
@@ -112,6 +120,7 @@ def lab():
     except LabError:
         was_up = False
     state = natfleet.lab.up(boxes=3, log=lambda _message: None)
+    LAB_STARTED_HERE["value"] = not was_up
     yield state
     if not was_up:
         natfleet.lab.down(log=lambda _message: None)
