@@ -346,8 +346,9 @@ def _tuple(tokens, pnum):
         dst = tokens[1]
         if not dst.startswith("dst="):
             raise Malformed("no dst=")
-        src = canonical_address(tokens[0])
-        dst = canonical_address(dst[4:])
+        src = _ADDR_CACHE.get(tokens[0]) or canonical_address(tokens[0])
+        dst = dst[4:]
+        dst = _ADDR_CACHE.get(dst) or canonical_address(dst)
         third = tokens[2] if len(tokens) > 2 else ""
         if third.startswith("sport="):
             sport, dport = third[6:], tokens[3]
@@ -914,6 +915,11 @@ class TopCounter(object):
     def add(self, key, n=1):
         counts = self.counts
         counts[key] = counts.get(key, 0) + n
+        self.prune()
+
+    def prune(self):
+        """Keep the heaviest half once over capacity (callers may add in bulk, then prune)."""
+        counts = self.counts
         if len(counts) > self.capacity:
             keep = sorted(counts.items(), key=lambda kv: -kv[1])
             half = self.capacity // 2
@@ -956,14 +962,18 @@ def scan(request, sources, own=None):
 
 
 class Summary(object):
-    """Streaming per-box counters: states, protocols, NAT kinds, top talkers, port pressure."""
+    """Streaming per-box counters: states, protocols, NAT kinds, top talkers, port pressure.
+
+    The hot loop does plain dict increments; the counters are pruned every PRUNE_EVERY flows
+    so memory stays bounded (see TopCounter).
+    """
+
+    PRUNE_EVERY = 4096
 
     def __init__(self, top=10):
         self.top_n = top
         self.flows = 0
-        self.by_state = {}
-        self.by_proto = {}
-        self.by_nat = {}
+        self.kinds = {}  # (proto, state, nat) -> flows
         self.sources = TopCounter()
         self.destinations = TopCounter()
         self.ports = TopCounter()
@@ -972,20 +982,37 @@ class Summary(object):
     def add(self, flow):
         self.flows += 1
         proto = flow.proto
-        state = proto + ":" + (flow.state or flow.display_state())
-        self.by_state[state] = self.by_state.get(state, 0) + 1
-        self.by_proto[proto] = self.by_proto.get(proto, 0) + 1
         nat = flow.nat
-        self.by_nat[nat] = self.by_nat.get(nat, 0) + 1
-        self.sources.add(flow.osrc)
-        self.destinations.add(flow.rsrc)
-        if nat == "snat" or nat == "snat+dnat":
+        key = (proto, flow.state or flow.display_state(), nat)
+        kinds = self.kinds
+        kinds[key] = kinds.get(key, 0) + 1
+        counts = self.sources.counts
+        counts[flow.osrc] = counts.get(flow.osrc, 0) + 1
+        counts = self.destinations.counts
+        counts[flow.rsrc] = counts.get(flow.rsrc, 0) + 1
+        if (nat == "snat" or nat == "snat+dnat") and flow.rsp is not None:
             if flow.pnum in PORT_PROTOS:
-                self.ports.add((flow.rdst, flow.rsrc, flow.rsp, proto))
-            if flow.pnum == 6 and flow.state == "ESTABLISHED":
+                port_key = (flow.rdst, flow.rsrc, flow.rsp, proto)
+                counts = self.ports.counts
+                counts[port_key] = counts.get(port_key, 0) + 1
+            if flow.state == "ESTABLISHED" and flow.pnum == 6:
                 self.tcp_snat_established += 1
+        if not self.flows % self.PRUNE_EVERY:
+            self.prune()
+
+    def prune(self):
+        for counter in (self.sources, self.destinations, self.ports):
+            counter.prune()
+
+    def _by(self, index):
+        out = {}
+        for key, n in self.kinds.items():
+            name = key[index] if index != 1 else key[0] + ":" + key[1]
+            out[name] = out.get(name, 0) + n
+        return out
 
     def to_json(self, port_range):
+        self.prune()
         size = port_range[1] - port_range[0] + 1 if port_range else None
         pressure = []
         for (nat_ip, dst, dport, proto), used in self.ports.top(self.top_n):
@@ -1001,9 +1028,9 @@ class Summary(object):
             )
         return {
             "flows": self.flows,
-            "by_state": self.by_state,
-            "by_proto": self.by_proto,
-            "by_nat": dict((k, self.by_nat.get(k, 0)) for k in NAT_KINDS),
+            "by_state": self._by(1),
+            "by_proto": self._by(0),
+            "by_nat": dict((k, self._by(2).get(k, 0)) for k in NAT_KINDS),
             "tcp_snat_established": self.tcp_snat_established,
             "top_sources": [[a, n] for a, n in self.sources.top(self.top_n)],
             "top_destinations": [[a, n] for a, n in self.destinations.top(self.top_n)],
