@@ -18,6 +18,7 @@ from natfleet import cli
 from natfleet.errors import LabError
 from natfleet.lab import sshd, system, topology, traffic
 from natfleet.lab.state import NOT_UP
+from tests.conftest import LAB_STARTED_HERE
 
 CLOSING = {"TIME_WAIT", "CLOSE_WAIT", "FIN_WAIT", "LAST_ACK"}
 
@@ -294,6 +295,8 @@ def test_fill_udp(lab):
 # Keep this test last: it takes the shared lab down, checks, and brings it back up.
 @pytest.mark.lab
 def test_down_removes_everything_then_up_restores(lab):
+    if not LAB_STARTED_HERE["value"]:
+        pytest.skip("the lab was already up (by hand or another session): not taking it down")
     state_dir = lab.state_dir
     natfleet.lab.down(log=lambda _message: None)
     natfleet.lab.down(log=lambda _message: None)  # twice is fine

@@ -9,15 +9,15 @@ Example (what ``lab up`` writes, then any OpenSSH or natfleet client can use):
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from natfleet.errors import LabError
 from natfleet.lab.state import LabBox
-from natfleet.lab.system import SSHD, run, spawn
+from natfleet.lab.system import SSHD, netns_argv, run, spawn, wait_until
 
 PRIVSEP_DIR = Path("/run/sshd")  # sshd refuses to start without it
+SSH_DIR = "ssh"  # under the state folder: keys, sshd configs and logs
 
 
 def keygen(path: Path, comment: str) -> str:
@@ -76,33 +76,54 @@ def known_hosts_line(box: LabBox, host_public_key: str) -> str:
     return f"{','.join(names)} {key_type} {key_b64}"
 
 
-def start_sshd(box: LabBox, ssh_dir: Path, authorized_keys: Path, lifetime: int) -> tuple[int, str]:
+def start_sshd(
+    box: LabBox, state_dir: Path, authorized_keys: Path, lifetime: int
+) -> tuple[int, str]:
     """Write the box's host key and config, start its sshd; returns (pid, host public key)."""
+    ssh_dir = state_dir / SSH_DIR
     host_key = ssh_dir / f"{box.name}_host_ed25519_key"
     public = keygen(host_key, f"{box.name} host key")
     config = ssh_dir / f"{box.name}_sshd_config"
     config.write_text(sshd_config(box, host_key, authorized_keys))
     log = ssh_dir / f"{box.name}_sshd.log"
-    pid = spawn(box.netns, [SSHD, "-D", "-e", "-f", str(config)], log, ssh_dir.parent, lifetime)
+    pid = spawn(box.netns, [SSHD, "-D", "-e", "-f", str(config)], log, state_dir, lifetime)
     return pid, public
 
 
 def wait_for_ssh(boxes: Sequence[LabBox], seconds: float = 10) -> None:
     """Wait until every box's sshd sends its banner; LabError naming the ones that did not."""
-    deadline = time.monotonic() + seconds
-    waiting = list(boxes)
-    while waiting and time.monotonic() < deadline:
-        waiting = [box for box in waiting if not _banner(box.mgmt_ip, box.ssh_port)]
-        if waiting:
-            time.sleep(0.05)
+    waiting = wait_until(boxes, lambda box: ssh_answers(box.mgmt_ip, box.ssh_port), seconds)
     if waiting:
         names = ", ".join(f"{box.name} ({box.mgmt_ip}:{box.ssh_port})" for box in waiting)
         raise LabError(f"sshd did not answer within {seconds:.0f} s on {names}")
 
 
-def _banner(ip: str, port: int) -> bool:
+def ssh_answers(ip: str, port: int) -> bool:
+    """True when something on ``ip:port`` sends an SSH banner within half a second."""
     try:
         with socket.create_connection((ip, port), timeout=0.5) as sock:
             return sock.recv(8).startswith(b"SSH-")
     except OSError:
         return False
+
+
+def hold_sessions(
+    boxes: Sequence[LabBox], state_dir: Path, config: Path, lifetime: int, seconds: float = 10
+) -> None:
+    """One SSH session per box held open from the root namespace: a ``local`` conntrack entry.
+
+    Example: ``ssh -F <state>/ssh_config -o BatchMode=yes nflab-box1 sleep 7200``
+    """
+    for box in boxes:
+        argv = ["ssh", "-F", str(config), "-o", "BatchMode=yes", box.name, "sleep", str(lifetime)]
+        log = state_dir / SSH_DIR / f"{box.name}_session.log"
+        spawn(None, argv, log, state_dir, lifetime)
+    waiting = wait_until(boxes, _has_session, seconds)
+    if waiting:
+        names = ", ".join(box.name for box in waiting)
+        raise LabError(f"the held SSH session did not start on {names}: see {state_dir / SSH_DIR}")
+
+
+def _has_session(box: LabBox) -> bool:
+    argv = ["ss", "-Htn", "state", "established", "sport", "=", f":{box.ssh_port}"]
+    return bool(run(netns_argv(box.netns, argv)).strip())

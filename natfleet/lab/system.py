@@ -18,12 +18,22 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 from natfleet.errors import LabError
 
 INSTALL_HINT = "apt-get install iptables conntrack netstat-nat openssh-server iproute2"
-TOOLS = ("ip", "iptables-restore", "sysctl", "timeout", "ssh-keygen", "sshd", "conntrack")
+TOOLS = (
+    "ip",
+    "iptables-restore",
+    "sysctl",
+    "ss",
+    "timeout",
+    "ssh",
+    "ssh-keygen",
+    "sshd",
+    "conntrack",
+)
 SSHD = "/usr/sbin/sshd"
 
 
@@ -74,21 +84,39 @@ def sysctl_in(netns: str, values: dict[str, object]) -> None:
 
 
 PID_DIR = "pids"
+T = TypeVar("T")
 
 
-def spawn(netns: str, argv: Sequence[str], log_path: Path, state_dir: Path, lifetime: int) -> int:
-    """Start ``argv`` in ``netns`` in the background, killed after ``lifetime`` s; its pid.
+def wait_until(items: Sequence[T], done: Callable[[T], bool], seconds: float) -> list[T]:
+    """Poll ``done(item)`` every 50 ms until all are true or ``seconds`` pass; the rest.
+
+    Example: ``wait_until(boxes, lambda box: ssh_answers(box.mgmt_ip, 22), 10)`` -> ``[]``
+    """
+    deadline = time.monotonic() + seconds
+    waiting = [item for item in items if not done(item)]
+    while waiting and time.monotonic() < deadline:
+        time.sleep(0.05)
+        waiting = [item for item in waiting if not done(item)]
+    return waiting
+
+
+def spawn(
+    netns: Optional[str], argv: Sequence[str], log_path: Path, state_dir: Path, lifetime: int
+) -> int:
+    """Start ``argv`` in ``netns`` (None: the root namespace) in the background; its pid.
 
     The process is detached (its own session, parent init) so it outlives the caller, with
     stdout and stderr in ``log_path``; ``timeout -k 5`` is the hard lifetime. Its pid is kept
     in ``<state_dir>/pids/`` for :func:`recorded_pids`.
     """
-    full = netns_argv(netns, ["timeout", "-k", "5", str(lifetime), *argv])
+    full = ["timeout", "-k", "5", str(lifetime), *argv]
+    if netns:
+        full = netns_argv(netns, full)
     script = 'log=$1; shift; "$@" >"$log" 2>&1 </dev/null & echo $!'
     pid = int(run(["sh", "-c", script, "sh", str(log_path), *full]).strip())
     pid_dir = state_dir / PID_DIR
     pid_dir.mkdir(exist_ok=True)
-    (pid_dir / f"{pid}.pid").write_text(f"{netns} {log_path.name}\n")
+    (pid_dir / f"{pid}.pid").write_text(f"{netns or '-'} {log_path.name}\n")
     return pid
 
 

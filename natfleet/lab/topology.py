@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from natfleet.lab.state import LabBox
 from natfleet.lab.system import netns_argv, run, sysctl_in
@@ -74,6 +75,11 @@ def conntrack_timeouts(lifetime: int) -> dict[str, int]:
     return values
 
 
+def mgmt_bridge_exists() -> bool:
+    """True when the root namespace has the lab's management bridge."""
+    return Path(f"/sys/class/net/{MGMT_BRIDGE}").exists()
+
+
 def _ip(*args: str) -> None:
     run(["ip", *args])
 
@@ -98,7 +104,20 @@ def build_shared() -> None:
     _netns(SRV_NS)
     _ip("-n", INET_NS, "link", "add", "br0", "type", "bridge")
     _addrs(INET_NS, "br0", [f"{INET_IP}/24"])
-    _ip("-n", INET_NS, "link", "add", "srv0", "type", "veth", "peer", "name", "eth0", "netns", SRV_NS)
+    _ip(
+        "-n",
+        INET_NS,
+        "link",
+        "add",
+        "srv0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        SRV_NS,
+    )
     _addrs(INET_NS, "srv0", [f"{SRV_GATEWAY}/24"])
     _addrs(SRV_NS, "eth0", [f"{ip}/24" for ip in SERVER_IPS])
     _ip("-n", SRV_NS, "route", "add", "default", "via", SRV_GATEWAY)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 from natfleet.errors import LabError
 from natfleet.lab import topology as topo
 from natfleet.lab.state import LabBox
-from natfleet.lab.system import spawn
+from natfleet.lab.system import spawn, wait_until
 
 GENERATOR = Path(__file__).with_name("trafficgen.py")
 Plan = dict[str, Any]
@@ -83,12 +82,7 @@ def _start(netns: str, plan: Plan, state_dir: Path, lifetime: int) -> int:
 
 
 def _wait_ready(netnames: Sequence[str], state_dir: Path, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    waiting = list(netnames)
-    while waiting and time.monotonic() < deadline:
-        waiting = [ns for ns in waiting if not (state_dir / "ready" / ns).exists()]
-        if waiting:
-            time.sleep(0.05)
+    waiting = wait_until(netnames, lambda ns: (state_dir / "ready" / ns).exists(), seconds)
     if waiting:
         logs = []
         for ns in waiting:

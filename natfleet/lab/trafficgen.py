@@ -21,6 +21,7 @@ A ``fill`` plan instead sends one UDP datagram per (socket, port) pair and print
               "ports": 1000, "first_port": 10000, "seconds_max": 60}}
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -100,7 +101,7 @@ def _connect(src, dst, dport, mode):
         except OSError:
             sock.close()
             time.sleep(0.1)
-    raise SystemExit("trafficgen: cannot connect %s -> %s:%d" % (src, dst, dport))
+    raise SystemExit(f"trafficgen: cannot connect {src} -> {dst}:{dport}")
 
 
 def _tcp(items, mode):
@@ -116,6 +117,13 @@ def _tcp(items, mode):
                 _keep(sock)
 
 
+def _await_answer(sock):
+    """Read one answer if it comes within the socket's timeout (some never do), then close."""
+    with contextlib.suppress(socket.timeout):
+        sock.recvfrom(2048)
+    sock.close()
+
+
 def _udp(items):
     for src, dst, dport, count in items:
         for n in range(count):
@@ -123,17 +131,13 @@ def _udp(items):
             sock.settimeout(0.5)
             sock.bind((src, 0))
             sock.sendto(b"query %d" % n, (dst, dport))
-            try:
-                sock.recvfrom(2048)
-            except socket.timeout:
-                pass  # unanswered datagrams are part of the plan
-            sock.close()
+            _await_answer(sock)
 
 
 def _checksum(data):
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
     total = (total >> 16) + (total & 0xFFFF)
     total += total >> 16
     return ~total & 0xFFFF
@@ -151,11 +155,7 @@ def _icmp(items):
             payload = b"natfleet-lab"
             header = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, 1)
             sock.sendto(header + payload, (dst, 0))
-            try:
-                sock.recvfrom(2048)
-            except socket.timeout:
-                pass
-            sock.close()
+            _await_answer(sock)
 
 
 def fill(src, dst, flows, ports, first_port, seconds_max):
@@ -203,7 +203,7 @@ def run(plan):
     _icmp(plan.get("icmp", []))
     if plan.get("ready"):
         with open(plan["ready"], "w") as handle:
-            handle.write("%d\n" % os.getpid())
+            handle.write(f"{os.getpid()}\n")
     time.sleep(lifetime)
 
 
