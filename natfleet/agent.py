@@ -344,15 +344,15 @@ def _tuple(tokens, pnum):
     """
     try:
         dst = tokens[1]
-        if not dst.startswith("dst="):
+        if dst[:4] != "dst=":
             raise Malformed("no dst=")
         src = _ADDR_CACHE.get(tokens[0]) or canonical_address(tokens[0])
         dst = dst[4:]
         dst = _ADDR_CACHE.get(dst) or canonical_address(dst)
         third = tokens[2] if len(tokens) > 2 else ""
-        if third.startswith("sport="):
+        if third[:6] == "sport=":
             sport, dport = third[6:], tokens[3]
-            if not dport.startswith("dport="):
+            if dport[:6] != "dport=":
                 raise Malformed("no dport=")
             dport = dport[6:]
             if not (sport.isdigit() and dport.isdigit()):
@@ -378,23 +378,145 @@ def _tuple(tokens, pnum):
         raise Malformed("short tuple") from None
 
 
-class Flow(object):
-    """One conntrack entry. Core fields are parsed eagerly, the rest on ``to_json()``.
+def _extras_ok(tokens):
+    """Every field after a tuple is a known flag, ``key=DIGITS`` or ``secctx=...``."""
+    for tok in tokens:
+        if tok in FLAG_TOKENS:
+            continue
+        key, eq, value = tok.partition("=")
+        if not eq or not key:
+            return False
+        if key != "secctx" and not value.isdigit():
+            return False
+    return True
 
-    >>> f = parse_line("ipv4     2 tcp      6 3599 ESTABLISHED src=192.168.1.10 "
+
+def parse_fields(line):
+    """Parse one table line (nf_conntrack, ``conntrack -L [-o extended]`` or ip_conntrack)
+    into a plain tuple ``(pnum, timeout, state, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp,
+    l3, gre)``: the one parser behind both the summary loop and :class:`Flow`.
+
+    Addresses come back compressed; ports (ICMP ids, GRE keys) stay text. For ICMP the
+    original id is ``osp`` and the reply's is ``rdp``. Raises :class:`Malformed`.
+
+    >>> parse_fields("ipv4     2 udp      17 29 src=192.168.1.10 dst=203.0.113.53 "
+    ...     "sport=5353 dport=53 packets=0 bytes=0 [UNREPLIED] src=203.0.113.53 "
+    ...     "dst=198.51.100.1 sport=53 dport=5353 packets=0 bytes=0 mark=0 zone=0 "
+    ...     "delta-time=0 use=2")[:7]
+    (17, 29, None, '192.168.1.10', '203.0.113.53', '5353', '53')
+    """
+    parts = line.split(" src=", 2)
+    if len(parts) != 3:
+        raise Malformed("expected two tuples")
+    head = parts[0].split()
+    otoks = parts[1].split()
+    rtoks = parts[2].split()
+    n = len(head)
+    if n and (head[0] == "ipv4" or head[0] == "ipv6"):
+        if n < 4 or not head[1].isdigit():
+            raise Malformed("bad l3 fields")
+        l3, k = head[0], 3
+    elif n >= 2:
+        l3, k = None, 1
+    else:
+        raise Malformed("short header")
+    pnum_text = head[k]
+    if not pnum_text.isdigit():
+        raise Malformed("bad protocol number")
+    pnum = int(pnum_text)
+    timeout = state = gre = None
+    k += 1
+    if k < n and head[k].isdigit():
+        timeout = int(head[k])
+        k += 1
+    if k < n:
+        if k + 1 == n and head[k] in STATES:
+            state = head[k]
+        elif pnum == GRE and head[k].startswith("timeout=") and k + 2 == n:
+            try:
+                gre = {
+                    "timeout": int(head[k][8:].rstrip(",")),
+                    "stream_timeout": int(head[k + 1][15:]),
+                }
+            except ValueError:
+                raise Malformed("bad gre timeouts") from None
+        else:
+            raise Malformed("unexpected %r before the tuples" % " ".join(head[k:]))
+    osrc, odst, osp, odp, used = _tuple(otoks, pnum)
+    if len(otoks) > used and not _extras_ok(otoks[used:]):
+        raise Malformed("bad key=value field")
+    rsrc, rdst, rsp, rdp, used = _tuple(rtoks, pnum)
+    if rtoks[-1][:4] != "use=":
+        raise Malformed("truncated line (no use= at the end)")
+    if not _extras_ok(rtoks[used:]):
+        raise Malformed("bad key=value field")
+    if pnum in ICMP_PROTOS:
+        rsp, rdp = None, rsp  # the reply's id identifies the original source
+    if l3 is None:
+        l3 = "ipv6" if ":" in osrc else "ipv4"
+    return (pnum, timeout, state, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, l3, gre)
+
+
+def nat_kind(fields, own):
+    """snat, dnat, snat+dnat, local or routed, from parse_fields' tuple; ports count, so
+    REDIRECT and port remapping are NAT. For ICMP the id plays the port.
+
+    >>> nat_kind((6, None, "ESTABLISHED", "192.0.2.1", "203.0.113.5", "40000", "443",
+    ...           "203.0.113.5", "192.0.2.1", "443", "40000", "ipv4", None), ())
+    'routed'
+    """
+    pnum, _t, _s, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp = fields[:11]
+    if pnum in ICMP_PROTOS:
+        snat = rdst != osrc or rdp != osp
+        dnat = rsrc != odst
+    else:
+        snat = rdst != osrc or rdp != osp
+        dnat = rsrc != odst or rsp != odp
+    if snat:
+        return "snat+dnat" if dnat else "snat"
+    if dnat:
+        return "dnat"
+    if osrc in own or odst in own:
+        return "local"
+    return "routed"
+
+
+def proto_name(pnum):
+    """``tcp`` for 6; a protocol the kernel does not name keeps its number (``"99"``)."""
+    return PROTO_NAMES.get(pnum) or str(pnum)
+
+
+def line_state(state, line):
+    """TCP/SCTP/DCCP state; otherwise what the line's flags say: UNREPLIED, ASSURED,
+    HW_OFFLOAD, OFFLOAD, else REPLIED."""
+    if state:
+        return state
+    if "[UNREPLIED]" in line:
+        return "UNREPLIED"
+    if "[ASSURED]" in line:
+        return "ASSURED"
+    if "[HW_OFFLOAD]" in line:
+        return "HW_OFFLOAD"
+    if "[OFFLOAD]" in line:
+        return "OFFLOAD"
+    return "REPLIED"
+
+
+class Flow(object):
+    """One conntrack entry for listings: the parsed fields, the NAT kind and the raw line
+    (the rest is parsed only for ``to_json()``).
+
+    >>> f = Flow.parse("ipv4     2 tcp      6 3599 ESTABLISHED src=192.168.1.10 "
     ...     "dst=203.0.113.5 sport=40000 dport=443 src=203.0.113.5 dst=198.51.100.1 "
-    ...     "sport=443 dport=61000 [ASSURED] mark=0 zone=0 use=2")
-    >>> f.proto, f.state, f.nat_kind(()), f.rdst, f.rdp
+    ...     "sport=443 dport=61000 [ASSURED] mark=0 zone=0 use=2", own=())
+    >>> f.proto, f.state, f.nat, f.rdst, f.rdp
     ('tcp', 'ESTABLISHED', 'snat', '198.51.100.1', '61000')
     """
 
     __slots__ = (
-        "l3",
         "pnum",
-        "proto",
         "timeout",
         "state",
-        "gre",
         "osrc",
         "odst",
         "osp",
@@ -403,56 +525,57 @@ class Flow(object):
         "rdst",
         "rsp",
         "rdp",
-        "otoks",
-        "rtoks",
+        "l3",
+        "gre",
+        "proto",
         "nat",
+        "line",
         "row",
     )
 
-    def nat_kind(self, own):
-        """snat, dnat, snat+dnat, local or routed; ports count, so REDIRECT is NAT.
+    def __init__(self, fields, nat, line=None, row=None):
+        (
+            self.pnum,
+            self.timeout,
+            self.state,
+            self.osrc,
+            self.odst,
+            self.osp,
+            self.odp,
+            self.rsrc,
+            self.rdst,
+            self.rsp,
+            self.rdp,
+            self.l3,
+            self.gre,
+        ) = fields
+        self.proto = proto_name(self.pnum) if row is None else row["proto"]
+        self.nat = nat
+        self.line = line
+        self.row = row
 
-        For ICMP the id plays the port (a remapped id is source NAT).
-        """
-        if self.pnum in ICMP_PROTOS:
-            snat = self.rdst != self.osrc or self.rsp != self.osp
-            dnat = self.rsrc != self.odst
-        else:
-            snat = self.rdst != self.osrc or self.rdp != self.osp
-            dnat = self.rsrc != self.odst or self.rsp != self.odp
-        if snat:
-            return "snat+dnat" if dnat else "snat"
-        if dnat:
-            return "dnat"
-        if self.osrc in own or self.odst in own:
-            return "local"
-        return "routed"
+    @classmethod
+    def parse(cls, line, own):
+        """A Flow from a table line, classified against the box's own addresses."""
+        fields = parse_fields(line)
+        return cls(fields, nat_kind(fields, own), line)
 
     def display_state(self):
         """TCP/SCTP state; otherwise UNREPLIED, ASSURED, OFFLOAD, HW_OFFLOAD or REPLIED."""
+        if self.line is not None:
+            return line_state(self.state, self.line)
         if self.state:
             return self.state
-        if self.row is not None:
-            flags = self.flags()
-            for flag in ("UNREPLIED", "ASSURED", "HW_OFFLOAD", "OFFLOAD"):
-                if flag in flags:
-                    return flag
-            return "REPLIED"
-        if "[UNREPLIED]" in self.otoks:
-            return "UNREPLIED"
-        tail = self.rtoks
-        if "[ASSURED]" in tail:
-            return "ASSURED"
-        if "[HW_OFFLOAD]" in tail:
-            return "HW_OFFLOAD"
-        if "[OFFLOAD]" in tail:
-            return "OFFLOAD"
+        flags = self.flags()
+        for flag in ("UNREPLIED", "ASSURED", "HW_OFFLOAD", "OFFLOAD"):
+            if flag in flags:
+                return flag
         return "REPLIED"
 
     def flags(self):
         if self.row is not None:
             return list(self.row.get("flags") or ())
-        return [t[1:-1] for t in self.otoks + self.rtoks if t in FLAG_TOKENS]
+        return [t[1:-1] for t in self.line.split() if t in FLAG_TOKENS]
 
     @classmethod
     def from_json(cls, row):
@@ -466,27 +589,30 @@ class Flow(object):
         >>> Flow.from_json(row).shown()[1]
         ('198.51.100.11', '5353')
         """
-        flow = cls()
-        flow.row = row
-        flow.l3 = row.get("l3")
-        flow.proto = row["proto"]
-        flow.pnum = PROTO_NUMBERS.get(flow.proto, -1)
-        flow.state = row.get("state")
-        flow.timeout = row.get("timeout")
-        flow.gre = row.get("gre")
-        flow.nat = row["nat"]
-        flow.otoks = flow.rtoks = ()
         orig, reply = row["orig"], row["reply"]
-        flow.osrc, flow.odst = orig["src"], orig["dst"]
-        flow.rsrc, flow.rdst = reply["src"], reply["dst"]
-        flow.osp, flow.odp = _text(orig.get("sport")), _text(orig.get("dport"))
-        flow.rsp, flow.rdp = _text(reply.get("sport")), _text(reply.get("dport"))
+        osp, odp = _text(orig.get("sport")), _text(orig.get("dport"))
+        rsp, rdp = _text(reply.get("sport")), _text(reply.get("dport"))
         if "id" in orig:
-            flow.osp, flow.rdp = _text(orig["id"]), _text(reply.get("id"))
+            osp, rdp = _text(orig["id"]), _text(reply.get("id"))
         elif "srckey" in orig:
-            flow.osp, flow.odp = orig["srckey"], orig["dstkey"]
-            flow.rsp, flow.rdp = reply.get("srckey"), reply.get("dstkey")
-        return flow
+            osp, odp = orig["srckey"], orig["dstkey"]
+            rsp, rdp = reply.get("srckey"), reply.get("dstkey")
+        fields = (
+            PROTO_NUMBERS.get(row["proto"], -1),
+            row.get("timeout"),
+            row.get("state"),
+            orig["src"],
+            orig["dst"],
+            osp,
+            odp,
+            reply["src"],
+            reply["dst"],
+            rsp,
+            rdp,
+            row.get("l3"),
+            row.get("gre"),
+        )
+        return cls(fields, row["nat"], None, row)
 
     def shown(self):
         """(source, nat-host, destination) as (addr, port) pairs, the way netstat-nat lays
@@ -505,20 +631,22 @@ class Flow(object):
         """The row of docs/json.md (optional keys only when the kernel printed them)."""
         if self.row is not None:
             return self.row
+        _head, orig, reply = self.line.split(" src=", 2)
+        otoks, rtoks = orig.split(), reply.split()
         row = {
             "proto": self.proto,
             "l3": self.l3,
             "state": self.state,
             "nat": self.nat,
-            "orig": _tuple_json(self.otoks, self.osrc, self.odst),
-            "reply": _tuple_json(self.rtoks, self.rsrc, self.rdst),
+            "orig": _tuple_json(otoks, self.osrc, self.odst),
+            "reply": _tuple_json(rtoks, self.rsrc, self.rdst),
             "flags": self.flags(),
         }
         if self.timeout is not None:
             row["timeout"] = self.timeout
         if self.gre is not None:
             row["gre"] = self.gre
-        for direction, tokens in (("orig", self.otoks), ("reply", self.rtoks)):
+        for direction, tokens in (("orig", otoks), ("reply", rtoks)):
             for tok in tokens:
                 key, eq, value = tok.partition("=")
                 if not eq:
@@ -552,88 +680,9 @@ def _tuple_json(tokens, src, dst):
     return out
 
 
-def _extras_ok(tokens):
-    for tok in tokens:
-        if tok in FLAG_TOKENS:
-            continue
-        key, eq, value = tok.partition("=")
-        if not eq or not key:
-            return False
-        if key != "secctx" and not value.isdigit():
-            return False
-    return True
-
-
-def parse_line(line, lineno=0):
-    """Parse one table line (nf_conntrack, ``conntrack -L [-o extended]`` or ip_conntrack).
-
-    Raises :class:`Malformed`. Example (UDP, with accounting and a timestamp):
-
-    >>> f = parse_line("ipv4     2 udp      17 29 src=192.168.1.10 dst=203.0.113.53 "
-    ...     "sport=5353 dport=53 packets=0 bytes=0 [UNREPLIED] src=203.0.113.53 "
-    ...     "dst=198.51.100.1 sport=53 dport=5353 packets=0 bytes=0 mark=0 zone=0 "
-    ...     "delta-time=0 use=2")
-    >>> f.proto, f.timeout, f.display_state(), f.osrc, f.rdst
-    ('udp', 29, 'UNREPLIED', '192.168.1.10', '198.51.100.1')
-    """
-    parts = line.split(" src=", 2)
-    if len(parts) != 3:
-        raise Malformed("expected two tuples")
-    head = parts[0].split()
-    otoks = parts[1].split()
-    rtoks = parts[2].split()
-    try:
-        if head[0] == "ipv4" or head[0] == "ipv6":
-            if not head[1].isdigit():
-                raise Malformed("bad l3 number")
-            l3, k = head[0], 2
-        else:
-            l3, k = None, 0
-        pnum_text = head[k + 1]
-    except IndexError:
-        raise Malformed("short header") from None
-    if not pnum_text.isdigit():
-        raise Malformed("bad protocol number")
-    pnum = int(pnum_text)
-    flow = Flow()
-    flow.row = None
-    flow.pnum = pnum
-    flow.proto = PROTO_NAMES.get(pnum) or head[k]
-    rest = head[k + 2 :]
-    flow.timeout = None
-    flow.state = None
-    flow.gre = None
-    if rest and rest[0].isdigit():
-        flow.timeout = int(rest[0])
-        rest = rest[1:]
-    if rest:
-        if pnum == GRE and rest[0].startswith("timeout="):
-            try:
-                flow.gre = {
-                    "timeout": int(rest[0][8:].rstrip(",")),
-                    "stream_timeout": int(rest[1][15:]),
-                }
-            except (IndexError, ValueError):
-                raise Malformed("bad gre timeouts") from None
-        elif len(rest) == 1 and rest[0] in STATES:
-            flow.state = rest[0]
-        else:
-            raise Malformed("unexpected %r before the tuples" % " ".join(rest))
-    flow.osrc, flow.odst, flow.osp, flow.odp, n = _tuple(otoks, pnum)
-    flow.otoks = otoks
-    flow.rsrc, flow.rdst, rsp, rdp, m = _tuple(rtoks, pnum)
-    if pnum in ICMP_PROTOS:
-        rsp, rdp = None, rsp  # the reply's id identifies the original source
-    flow.rsp, flow.rdp = rsp, rdp
-    flow.rtoks = rtoks
-    if not rtoks[-1].startswith("use="):
-        raise Malformed("truncated line (no use= at the end)")
-    if not (_extras_ok(otoks[n:]) and _extras_ok(rtoks[m:])):
-        raise Malformed("bad key=value field")
-    if l3 is None:
-        l3 = "ipv6" if ":" in flow.osrc else "ipv4"
-    flow.l3 = l3
-    return flow
+def parse_line(line, own=()):
+    """A classified :class:`Flow` from one table line (see :func:`parse_fields`)."""
+    return Flow.parse(line, own)
 
 
 def _is_trailer(line):
@@ -855,19 +904,19 @@ class Request(object):
         self._src_cache = {}
         self._dst_cache = {}
 
-    def matches(self, flow):
-        """netstat-nat's -p/-s/-d/-S/-D/-L/-R, done right (-d also matches a DNAT's public
-        address and its real server)."""
-        if self.pnum is not None and flow.pnum != self.pnum:
+    def matches(self, fields, nat):
+        """netstat-nat's -p/-s/-d/-S/-D/-L/-R on parse_fields' tuple, done right (-d also
+        matches a DNAT's public address and its real server)."""
+        if nat not in self.nat:
             return False
-        if flow.nat not in self.nat:
+        if self.pnum is not None and fields[0] != self.pnum:
             return False
-        if self.src and not _in_networks(flow.osrc, self.src, self._src_cache):
+        if self.src and not _in_networks(fields[3], self.src, self._src_cache):
             return False
         if not self.dst:
             return True
         cache = self._dst_cache
-        return _in_networks(flow.odst, self.dst, cache) or _in_networks(flow.rsrc, self.dst, cache)
+        return _in_networks(fields[4], self.dst, cache) or _in_networks(fields[7], self.dst, cache)
 
 
 def _port(value):
@@ -931,10 +980,10 @@ class TopCounter(object):
 
 
 def scan(request, sources, own=None):
-    """Walk the table once: (source name, flows kept or Summary, lines, malformed info).
+    """Walk the table once: (source name, kept Flows or a Summary, lines read, malformed).
 
-    ``own`` is the box's own addresses (for local vs routed). In list mode the kept flows are
-    returned; in summary mode only the counters, so memory does not grow with the table.
+    ``own`` is the box's own addresses (for local vs routed). In list mode the matching
+    flows are kept; in summary mode only counters, so memory does not grow with the table.
     """
     own = frozenset(own or ())
     source, handle = open_table(sources)
@@ -942,10 +991,11 @@ def scan(request, sources, own=None):
     kept = []
     malformed = {"count": 0, "examples": []}
     lineno = 0
+    matches = request.matches
     with handle as lines:
         for lineno, line in enumerate(lines, 1):
             try:
-                flow = parse_line(line, lineno)
+                fields = parse_fields(line)
             except Malformed:
                 if not line.strip() or _is_trailer(line):
                     continue
@@ -953,11 +1003,11 @@ def scan(request, sources, own=None):
                 if len(malformed["examples"]) < MALFORMED_EXAMPLES:
                     malformed["examples"].append({"line": lineno, "text": line.rstrip("\n")[:500]})
                 continue
-            flow.nat = flow.nat_kind(own)
+            nat = nat_kind(fields, own)
             if summary is not None:
-                summary.add(flow)
-            elif request.matches(flow):
-                kept.append(flow)
+                summary.add(fields, nat, line)
+            elif matches(fields, nat):
+                kept.append(Flow(fields, nat, line))
     return source, (summary if summary is not None else kept), lineno, malformed
 
 
@@ -979,23 +1029,22 @@ class Summary(object):
         self.ports = TopCounter()
         self.tcp_snat_established = 0
 
-    def add(self, flow):
+    def add(self, fields, nat, line):
+        """Count one flow (parse_fields' tuple, its NAT kind, its raw line)."""
         self.flows += 1
-        proto = flow.proto
-        nat = flow.nat
-        key = (proto, flow.state or flow.display_state(), nat)
+        pnum, _timeout, state, osrc, _odst, _osp, _odp, rsrc, rdst, rsp = fields[:10]
+        key = (pnum, state or line_state(None, line), nat)
         kinds = self.kinds
         kinds[key] = kinds.get(key, 0) + 1
         counts = self.sources.counts
-        counts[flow.osrc] = counts.get(flow.osrc, 0) + 1
+        counts[osrc] = counts.get(osrc, 0) + 1
         counts = self.destinations.counts
-        counts[flow.rsrc] = counts.get(flow.rsrc, 0) + 1
-        if (nat == "snat" or nat == "snat+dnat") and flow.rsp is not None:
-            if flow.pnum in PORT_PROTOS:
-                port_key = (flow.rdst, flow.rsrc, flow.rsp, proto)
-                counts = self.ports.counts
-                counts[port_key] = counts.get(port_key, 0) + 1
-            if flow.state == "ESTABLISHED" and flow.pnum == 6:
+        counts[rsrc] = counts.get(rsrc, 0) + 1
+        if (nat == "snat" or nat == "snat+dnat") and pnum in PORT_PROTOS:
+            port_key = (rdst, rsrc, rsp, pnum)
+            counts = self.ports.counts
+            counts[port_key] = counts.get(port_key, 0) + 1
+            if state == "ESTABLISHED" and pnum == 6:
                 self.tcp_snat_established += 1
         if not self.flows % self.PRUNE_EVERY:
             self.prune()
@@ -1007,7 +1056,8 @@ class Summary(object):
     def _by(self, index):
         out = {}
         for key, n in self.kinds.items():
-            name = key[index] if index != 1 else key[0] + ":" + key[1]
+            proto = proto_name(key[0])
+            name = proto if index == 0 else key[2] if index == 2 else proto + ":" + key[1]
             out[name] = out.get(name, 0) + n
         return out
 
@@ -1015,13 +1065,13 @@ class Summary(object):
         self.prune()
         size = port_range[1] - port_range[0] + 1 if port_range else None
         pressure = []
-        for (nat_ip, dst, dport, proto), used in self.ports.top(self.top_n):
+        for (nat_ip, dst, dport, pnum), used in self.ports.top(self.top_n):
             pressure.append(
                 {
                     "nat_ip": nat_ip,
                     "dst": dst,
                     "dport": int(dport),
-                    "proto": proto,
+                    "proto": proto_name(pnum),
                     "ports": used,
                     "pct": round(100.0 * used / size, 2) if size else None,
                 }

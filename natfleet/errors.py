@@ -46,7 +46,14 @@ class AwsError(NatfleetError):
 
 
 class TargetError(NatfleetError):
-    """One target could not be read (SSH, sudo, timeout, agent failure)."""
+    """One target could not be read (SSH, sudo, timeout, agent failure).
+
+    ``kind`` names what failed: connect, auth, hostkey, sudo, timeout, agent or table.
+    """
+
+    def __init__(self, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class LabError(NatfleetError):

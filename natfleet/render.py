@@ -1,11 +1,10 @@
 """Output: netstat-nat text, tables, JSON and CSV, for every listing command.
 
 Example:
-    >>> from natfleet.agent import parse_line
-    >>> f = parse_line("ipv4 2 tcp 6 3599 ESTABLISHED src=192.168.1.10 dst=203.0.113.5 "
+    >>> from natfleet.agent import Flow
+    >>> f = Flow.parse("ipv4 2 tcp 6 3599 ESTABLISHED src=192.168.1.10 dst=203.0.113.5 "
     ...     "sport=40000 dport=443 src=203.0.113.5 dst=198.51.100.1 sport=443 dport=61000 "
-    ...     "[ASSURED] mark=0 zone=0 use=2")
-    >>> f.nat = "snat"
+    ...     "[ASSURED] mark=0 zone=0 use=2", own=())
     >>> print(next(netstat_lines([f], NetstatStyle(header=False))))
     tcp   192.168.1.10:40000             203.0.113.5:443                ESTABLISHED
 """

@@ -7,8 +7,8 @@ Target names and host strings are data only: they are validated here and never r
 Example:
     >>> split_host_spec("root@[2001:db8::1]:2222")
     ('root', '2001:db8::1', 2222)
-    >>> build_targets(hosts=["admin@198.51.100.7:2200"])[0]
-    Target(name='198.51.100.7', host='198.51.100.7', kind='ssh', user='admin', port=2200, ...)
+    >>> build_targets(hosts=["admin@198.51.100.7:2200"])[0].user
+    'admin'
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import Callable, Optional
 
 from natfleet.errors import UsageError
-from natfleet.models import Target
+from natfleet.models import HostError, Target
 
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 # A DNS name or an ~/.ssh/config alias: letters, digits, '.', '-', '_' (as OpenSSH accepts).
@@ -122,17 +122,16 @@ def _unique(targets: Iterable[Target]) -> list[Target]:
     return out
 
 
-def build_targets(
+def resolve_targets(
     hosts: Sequence[str] = (),
     hosts_files: Sequence[str] = (),
     local: bool = False,
     inputs: Sequence[str] = (),
-    discover: Optional[Callable[[], list[Target]]] = None,
-) -> list[Target]:
-    """Every target named on the command line, in order, without duplicates.
-
-    With none named, ``discover()`` (AWS discovery) supplies them; without it that is a
-    UsageError.
+    discover: Optional[Callable[[], tuple[list[Target], list[HostError]]]] = None,
+) -> tuple[list[Target], list[HostError]]:
+    """Every target named on the command line, in order and without duplicates; with none
+    named, ``discover()`` (AWS discovery) supplies them, plus ready-made errors for instances
+    it cannot reach (no address). Without ``discover`` that is a UsageError.
     """
     if sum(1 for path in inputs if path == "-") > 1:
         raise UsageError("--input - (stdin) can be given only once")
@@ -145,24 +144,19 @@ def build_targets(
     if hosts_files and not named:
         raise UsageError(f"--hosts-file {', '.join(hosts_files)}: no hosts in the file")
     if named:
-        return _unique(named)
+        return _unique(named), []
     if discover is None:
         raise UsageError("no targets: give --host, --hosts-file, --local or --input")
     return discover()
 
 
-def discover_targets(
-    profile: Optional[str] = None,
-    region: Optional[str] = None,
-    address: str = "private",
-    **filters: object,
+def build_targets(
+    hosts: Sequence[str] = (),
+    hosts_files: Sequence[str] = (),
+    local: bool = False,
+    inputs: Sequence[str] = (),
+    discover: Optional[Callable[[], tuple[list[Target], list[HostError]]]] = None,
 ) -> list[Target]:
-    """NAT instances found in AWS, as SSH targets on their ``address`` (private or public).
-
-    ``filters`` go to :func:`natfleet.discovery.discover` unchanged (tags, VPC ids, ...).
-    """
-    from natfleet import aws, discovery  # boto3 only when AWS is used
-
-    session = aws.make_session(profile, region)
-    devices = discovery.discover(session, **filters)
-    return discovery.devices_to_targets(devices, address=address)
+    """Like :func:`resolve_targets`, every target (reachable or not) in one list."""
+    found, errors = resolve_targets(hosts, hosts_files, local, inputs, discover)
+    return found + [error.target for error in errors]

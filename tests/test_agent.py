@@ -25,8 +25,7 @@ def test_line_parses_to_expected_json(path):
     expected = json.loads(path.with_suffix(".json").read_text())
     got = []
     for line in _read_lines(path):
-        flow = agent.parse_line(line)
-        flow.nat = flow.nat_kind(OWN)
+        flow = agent.Flow.parse(line, OWN)
         row = flow.to_json()
         row["display_state"] = flow.display_state()
         got.append(row)
@@ -36,8 +35,7 @@ def test_line_parses_to_expected_json(path):
 @pytest.mark.parametrize("path", LINES, ids=lambda p: p.stem)
 def test_json_row_round_trips_through_from_json(path):
     for line in _read_lines(path):
-        flow = agent.parse_line(line)
-        flow.nat = flow.nat_kind(OWN)
+        flow = agent.Flow.parse(line, OWN)
         back = agent.Flow.from_json(json.loads(json.dumps(flow.to_json())))
         assert back.shown() == flow.shown()
         assert back.display_state() == flow.display_state()

@@ -11,17 +11,18 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import paramiko
 import pytest
-from conftest import need_lab
 
 from natfleet import agent
 from natfleet.fleet import run_fleet, run_one
 from natfleet.models import HostError, HostResult, Target
 from natfleet.ssh import RAW_WARNING, REMOTE_COMMAND, SUDO_PREFIX, SshConnector, SshOptions
+from tests.conftest import need_lab
 
 REPO = Path(__file__).resolve().parent.parent
 LINE = (
@@ -164,7 +165,10 @@ def test_sudo_prefix_when_not_root(tmp_path):
 
 
 def test_raw_fallback_when_python3_missing(tmp_path):
-    raw = f"@@natfleet file /proc/net/nf_conntrack\n{LINE}@@natfleet file /proc/sys/kernel/hostname\nnat-raw\n"
+    raw = (
+        f"@@natfleet file /proc/net/nf_conntrack\n{LINE}"
+        "@@natfleet file /proc/sys/kernel/hostname\nnat-raw\n"
+    )
     script = {
         SUDO_PREFIX + REMOTE_COMMAND: (b"", b"sudo: python3: command not found\n", 1),
         SUDO_PREFIX + agent.RAW_COMMAND: (raw.encode(), b"", 0),
@@ -225,7 +229,9 @@ def test_ssh_config_and_proxy_jump_chain(tmp_path):
         "Host bastion\n  HostName 203.0.113.9\n"
     )
     connector, log = fake_connector(
-        {SUDO_PREFIX + REMOTE_COMMAND: answer_json()}, tmp_path, ssh_config=str(tmp_path / "ssh_config")
+        {SUDO_PREFIX + REMOTE_COMMAND: answer_json()},
+        tmp_path,
+        ssh_config=str(tmp_path / "ssh_config"),
     )
     connector.run_agent(Target(name="nat-a", host="nat-a"), {})
     connects = [entry[1] for entry in log if entry[0] == "connect"]
@@ -271,15 +277,17 @@ def _sh(*argv: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess
 
 
 class Sshd:
-    """An sshd in namespace ``ns`` on ``ip`` ports 22 (normal) and 2222 (no python3 in PATH)."""
+    """An sshd in namespace ``ns`` on ``ip`` ports 22 and 2222, with users ``nfsshpw`` (no
+    sudo rights), ``nfsshok`` (sudo NOPASSWD) and ``nfsshraw`` (sudo NOPASSWD keeping a PATH
+    without python3: a box with no python)."""
 
-    users = ("nfsshpw", "nfsshok")  # sudo without rights / sudo NOPASSWD
+    users = ("nfsshpw", "nfsshok", "nfsshraw")
 
     def __init__(self, tmp: Path) -> None:
         pid = os.getpid()
         self.tmp = tmp
         self.ns = f"nfssh-test-{pid}"
-        self.veth = f"nfs{pid % 100000}a"
+        self.veth, self.peer = f"nfs{pid % 100000}a", f"nfs{pid % 100000}b"
         base = 4 * (pid % 60)
         self.root_ip, self.ip = f"198.18.250.{base + 1}", f"198.18.250.{base + 2}"
         self.key = tmp / "id_ed25519"
@@ -287,14 +295,18 @@ class Sshd:
         self.known_hosts = tmp / "known_hosts"
         self.sudoers = Path("/etc/sudoers.d/natfleet-test-ssh")
         self.proc: subprocess.Popen | None = None
+        # what the test users must read (keys, home, PATH): outside pytest's private folders
+        self.public = Path(tempfile.mkdtemp(prefix="nfssh-test-"))
+        self.public.chmod(0o755)
 
     def start(self) -> None:
         _sh("ip", "netns", "add", self.ns)
-        _sh("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "nfsshb", "netns", self.ns)
+        _sh("ip", "link", "add", self.veth, "type", "veth", "peer", "name", self.peer)
+        _sh("ip", "link", "set", self.peer, "netns", self.ns)
         _sh("ip", "addr", "add", f"{self.root_ip}/30", "dev", self.veth)
         _sh("ip", "link", "set", self.veth, "up")
-        _sh("ip", "-n", self.ns, "addr", "add", f"{self.ip}/30", "dev", "nfsshb")
-        _sh("ip", "-n", self.ns, "link", "set", "nfsshb", "up")
+        _sh("ip", "-n", self.ns, "addr", "add", f"{self.ip}/30", "dev", self.peer)
+        _sh("ip", "-n", self.ns, "link", "set", self.peer, "up")
         _sh("ip", "-n", self.ns, "link", "set", "lo", "up")
         for args in (
             ("-p", "tcp", "-s", "192.0.2.10", "-d", "203.0.113.5", "--sport", "40000"),
@@ -308,27 +320,30 @@ class Sshd:
             )  # fmt: skip
         _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key))
         _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key))
-        nopy = self.tmp / "nopy"
+        nopy = self.public / "nopy"
         nopy.mkdir()
         for folder in ("/usr/bin", "/usr/sbin"):
             for name in os.listdir(folder):
                 if not name.startswith("python") and not (nopy / name).exists():
                     (nopy / name).symlink_to(Path(folder) / name)
-        (self.tmp / "authorized_keys").write_text(self.key.with_suffix(".pub").read_text())
-        home = self.tmp / "home"
+        (self.public / "authorized_keys").write_text(self.key.with_suffix(".pub").read_text())
+        home = self.public / "home"
         home.mkdir(mode=0o755)
         for user in self.users:
             _sh("userdel", user, check=False)
             _sh("useradd", "-M", "-d", str(home), "-s", "/bin/sh", "-p", "*", user)
-        self.sudoers.write_text("nfsshok ALL=(root) NOPASSWD: ALL\n")
+        self.sudoers.write_text(
+            "nfsshok ALL=(root) NOPASSWD: ALL\nnfsshraw ALL=(root) NOPASSWD: ALL\n"
+            "Defaults:nfsshraw !secure_path\n"
+        )
         self.sudoers.chmod(0o440)
         config = self.tmp / "sshd_config"
         config.write_text(
             f"ListenAddress {self.ip}\nPort 22\nPort 2222\nHostKey {self.host_key}\n"
-            f"AuthorizedKeysFile {self.tmp}/authorized_keys\nPidFile none\nStrictModes no\n"
+            f"AuthorizedKeysFile {self.public}/authorized_keys\nPidFile none\nStrictModes no\n"
             "UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-            "PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nLogLevel ERROR\n"
-            f"Match LocalPort 2222\n  SetEnv PATH={nopy}\n"
+            "PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nLogLevel VERBOSE\n"
+            f"Match User nfsshraw\n  SetEnv PATH={nopy}\n"
         )
         Path("/run/sshd").mkdir(exist_ok=True)
         log = open(self.tmp / "sshd.log", "w")  # noqa: SIM115 - kept open for the daemon
@@ -363,18 +378,17 @@ class Sshd:
         for user in self.users:
             _sh("userdel", user, check=False)
         self.sudoers.unlink(missing_ok=True)
+        shutil.rmtree(self.public, ignore_errors=True)
 
     def options(self, **extra) -> SshOptions:
         empty = self.tmp / "empty_ssh_config"
         empty.touch()
         extra.setdefault("known_hosts", str(self.known_hosts))
         extra.setdefault("ssh_config", str(empty))
+        extra.setdefault("connect_timeout", 5)
+        extra.setdefault("command_timeout", 15)
         return SshOptions(
-            identity_files=(str(self.key),),
-            system_known_hosts="/nonexistent",
-            connect_timeout=5,
-            command_timeout=15,
-            **extra,
+            identity_files=(str(self.key),), system_known_hosts="/nonexistent", **extra
         )
 
     def target(self, user: str = "root", port: int | None = None, name: str = "nfssh") -> Target:
@@ -423,7 +437,7 @@ def test_real_answer_equals_agent_in_namespace(sshd):
 
 @pytest.mark.lab
 def test_real_raw_fallback_without_python3(sshd):
-    answer, _ = SshConnector(sshd.options()).run_agent(sshd.target(port=2222), REQUEST)
+    answer, _ = SshConnector(sshd.options()).run_agent(sshd.target(user="nfsshraw"), REQUEST)
     assert answer["ok"] and answer["executor"] == "raw" and RAW_WARNING in answer["warnings"]
     assert _rows(answer) == _rows(sshd.local_answer(REQUEST))
 
@@ -482,7 +496,7 @@ def test_real_ssh_config_alias_and_proxy_jump(sshd, tmp_path):
         f"Host nat-x\n  HostName {sshd.ip}\n  User root\n  IdentityFile {sshd.key}\n"
         f"  UserKnownHostsFile {sshd.known_hosts}\n"
         f"Host nat-y\n  HostName {sshd.ip}\n  User nfsshok\n  ProxyJump root@{sshd.ip}\n"
-        f"Host *\n  IdentityFile {sshd.key}\n"
+        f"Host *\n  IdentityFile {sshd.key}\n  UserKnownHostsFile {sshd.known_hosts}\n"
     )
     options = SshOptions(ssh_config=str(config), system_known_hosts="/nonexistent")
     assert options.known_hosts is None
@@ -523,6 +537,24 @@ def test_real_fleet_with_refused_and_hanging_boxes(sshd):
     finally:
         listener.close()
     assert [r.target.name for r in results] == ["nfssh", "stopped", "hang", "again"]
-    assert [type(r).__name__ for r in results] == ["HostResult", "HostError", "HostError", "HostResult"]
+    kinds = [type(r).__name__ for r in results]
+    assert kinds == ["HostResult", "HostError", "HostError", "HostResult"]
     assert results[1].kind == "connect" and "connection refused" in results[1].message
     assert results[2].kind == "timeout" and "no SSH answer" in results[2].message
+
+
+@pytest.mark.lab
+def test_real_wrong_key_is_an_auth_error(sshd):
+    options = SshOptions(
+        identity_files=(str(sshd.host_key),),  # a real key, but not an authorized one
+        known_hosts=str(sshd.known_hosts),
+        ssh_config=str(sshd.tmp / "empty_ssh_config"),
+        system_known_hosts="/nonexistent",
+        connect_timeout=5,
+    )
+    (sshd.tmp / "empty_ssh_config").touch()
+    result = run_one(sshd.target(), REQUEST, SshConnector(options))
+    assert (
+        result.kind == "auth" and f"authentication failed for root@{sshd.ip}:22" in result.message
+    )
+    assert str(sshd.host_key) in result.message and "--ssh-user" in result.message

@@ -1,0 +1,191 @@
+"""Target and SSH options shared by every command that reads boxes.
+
+Example:
+    >>> parser = argparse.ArgumentParser()
+    >>> add_target_options(parser)
+    >>> args = parser.parse_args(["--host", "root@198.51.100.7", "--timeout", "5"])
+    >>> targets_from_args(args)[0].user, ssh_options_from_args(args).command_timeout
+    ('root', 5.0)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from natfleet import targets as targets_mod
+from natfleet.errors import UsageError
+from natfleet.models import HostError, Target
+
+TIMEOUT = 20.0
+PARALLEL = 16
+CONNECT_TIMEOUT = 10.0
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+        return value
+
+    return parse
+
+
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    """Add --host/--hosts-file/--local/--input, the SSH options and (if present) AWS ones."""
+    group = parser.add_argument_group(
+        "targets", "AWS discovery when none of --host, --hosts-file, --local, --input is given"
+    )
+    group.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="[USER@]ADDR[:PORT]",
+        help="a box to read over SSH (repeatable; IPv6 with a port as [ADDR]:PORT)",
+    )
+    group.add_argument(
+        "--hosts-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="boxes to read, one [USER@]ADDR[:PORT] per line, '#' comments",
+    )
+    group.add_argument("--local", action="store_true", help="read this machine (no SSH)")
+    group.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="FILE|-",
+        help="a saved /proc/net/nf_conntrack or 'conntrack -L -o extended' dump; '-' is stdin",
+    )
+    group.add_argument(
+        "--address",
+        choices=("private", "public"),
+        help="which address of a discovered instance to connect to (default: config, else private)",
+    )
+    ssh = parser.add_argument_group("ssh")
+    ssh.add_argument(
+        "--ssh-config",
+        metavar="FILE",
+        help="ssh_config to honour (default: $NATFLEET_SSH_CONFIG, else ~/.ssh/config)",
+    )
+    ssh.add_argument(
+        "--ssh-user", metavar="USER", help="login name (default: ssh_config, else yours)"
+    )
+    ssh.add_argument(
+        "-i",
+        "--identity-file",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="private key to try (repeatable; ssh-agent keys are tried too)",
+    )
+    ssh.add_argument(
+        "--proxy-jump", metavar="[USER@]BASTION[:PORT]", help="reach the boxes through a bastion"
+    )
+    ssh.add_argument(
+        "--known-hosts",
+        metavar="FILE",
+        help="known_hosts file (default: $NATFLEET_KNOWN_HOSTS, else ~/.ssh/known_hosts)",
+    )
+    ssh.add_argument(
+        "--accept-new-host-keys",
+        action="store_true",
+        help="record the keys of boxes seen for the first time (a changed key is still refused)",
+    )
+    ssh.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=TIMEOUT,
+        metavar="SECONDS",
+        help=f"per box, to run the agent (default: {TIMEOUT:g}); connecting gets at most "
+        f"{CONNECT_TIMEOUT:g} s more",
+    )
+    ssh.add_argument(
+        "--parallel",
+        type=_positive(int),
+        default=PARALLEL,
+        metavar="N",
+        help=f"boxes read at the same time (default: {PARALLEL})",
+    )
+    try:
+        from natfleet.commands.awsopts import add_aws_options
+    except ImportError:
+        return
+    add_aws_options(parser)
+
+
+def resolve_targets_from_args(
+    args: argparse.Namespace,
+) -> tuple[list[Target], list[HostError]]:
+    """The targets named by the options, else AWS discovery: (reachable targets, errors for
+    discovered instances without an address). Raises UsageError."""
+
+    def discover() -> tuple[list[Target], list[HostError]]:
+        from natfleet.commands import awsopts  # boto3 only when AWS is used
+
+        return awsopts.targets_from_args(args)
+
+    return targets_mod.resolve_targets(
+        hosts=args.host,
+        hosts_files=args.hosts_file,
+        local=args.local,
+        inputs=args.input,
+        discover=discover,
+    )
+
+
+def targets_from_args(args: argparse.Namespace) -> list[Target]:
+    """Every target the options name or discovery finds (reachable or not)."""
+    found, errors = resolve_targets_from_args(args)
+    return found + [error.target for error in errors]
+
+
+def ssh_options_from_args(args: argparse.Namespace) -> Any:
+    """An ``SshOptions`` from the options (checks that -i and --ssh-config files exist)."""
+    from natfleet.ssh import SshOptions  # paramiko only when SSH is used
+
+    for key in args.identity_file:
+        if not os.path.isfile(os.path.expanduser(key)):
+            raise UsageError(f"-i {key!r}: no such key file")
+    if args.ssh_config and not os.path.isfile(os.path.expanduser(args.ssh_config)):
+        raise UsageError(f"--ssh-config {args.ssh_config!r}: no such file")
+    if args.proxy_jump:
+        for spec in args.proxy_jump.split(","):
+            targets_mod.split_host_spec(spec, where="--proxy-jump")
+    return SshOptions(
+        ssh_config=args.ssh_config,
+        user=args.ssh_user,
+        identity_files=tuple(args.identity_file),
+        proxy_jump=args.proxy_jump,
+        known_hosts=args.known_hosts,
+        accept_new_host_keys=args.accept_new_host_keys,
+        connect_timeout=min(CONNECT_TIMEOUT, args.timeout),
+        command_timeout=args.timeout,
+        debug=bool(getattr(args, "debug", False)),
+    )
+
+
+def run_from_args(args: argparse.Namespace, request: dict[str, Any]) -> list[Any]:
+    """Targets from the options, then the request on all of them (progress on a TTY).
+
+    Returns one HostResult or HostError per target, in target order; discovered instances
+    that have no address to connect to come last, as errors.
+
+    >>> results = run_from_args(args, {"mode": "summary"})   # [HostResult | HostError, ...]
+    """
+    from natfleet.fleet import run_fleet, tty_progress
+
+    found, errors = resolve_targets_from_args(args)
+    connector = None
+    if any(t.kind == "ssh" for t in found):
+        from natfleet.ssh import SshConnector
+
+        connector = SshConnector(ssh_options_from_args(args))
+    results = run_fleet(found, request, connector, parallel=args.parallel, progress=tty_progress())
+    return [*results, *errors]

@@ -1,0 +1,153 @@
+"""natfleet.targets and the shared target options (natfleet.commands.targetopts)."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+import pytest
+
+from natfleet import targets
+from natfleet.commands.targetopts import (
+    add_target_options,
+    resolve_targets_from_args,
+    ssh_options_from_args,
+    targets_from_args,
+)
+from natfleet.errors import UsageError
+from natfleet.models import HostError, Target
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("198.51.100.7", (None, "198.51.100.7", None)),
+        ("root@198.51.100.7:2200", ("root", "198.51.100.7", 2200)),
+        ("ec2-user@nat-a.example.com", ("ec2-user", "nat-a.example.com", None)),
+        ("nat_a", (None, "nat_a", None)),
+        ("2001:db8::1", (None, "2001:db8::1", None)),
+        ("[2001:db8:0::1]:22", (None, "2001:db8::1", 22)),
+        ("admin@[2001:db8::1]", ("admin", "2001:db8::1", None)),
+    ],
+)
+def test_split_host_spec(spec, expected):
+    assert targets.split_host_spec(spec) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("$(reboot)", "not an IP address or host name"),
+        ("nat-a;reboot", "not an IP address or host name"),
+        ("`id`@nat-a", "is not a plain login name"),
+        ("nat a", "not an IP address or host name"),
+        ("nat-a\n-oProxyCommand=x", "not an IP address or host name"),
+        ("-oProxyCommand=x", "not an IP address or host name"),
+        ("n\u00e4t", "not an IP address or host name"),
+        ("x" * 300, "not an IP address or host name"),
+        ("nat-a:0", "is not 1-65535"),
+        ("nat-a:70000", "is not 1-65535"),
+        ("nat-a:\u0662\u0662", "is not 1-65535"),
+        ("[2001:db8::1", "unbalanced"),
+        ("root@", "no address"),
+    ],
+)
+def test_hostile_or_bad_hosts_are_refused(spec, words):
+    with pytest.raises(UsageError) as info:
+        targets.host_target(spec, where="--host")
+    assert words in str(info.value) and repr(spec.strip()) in str(info.value)
+
+
+def test_hosts_file(tmp_path):
+    path = tmp_path / "hosts.txt"
+    path.write_text("# NAT boxes\n\nroot@198.51.100.7  # nat-a\n  nat-b:2222\n[2001:db8::5]:22\n")
+    got = targets.read_hosts_file(str(path))
+    assert got == [
+        Target(name="198.51.100.7", host="198.51.100.7", user="root"),
+        Target(name="nat-b", host="nat-b", port=2222),
+        Target(name="2001:db8::5", host="2001:db8::5", port=22),
+    ]
+    path.write_text("nat-a\nnat-b $(id)\n")
+    with pytest.raises(UsageError, match=rf"{path}:2: bad host 'nat-b \$\(id\)'"):
+        targets.read_hosts_file(str(path))
+    with pytest.raises(UsageError, match="No such file"):
+        targets.read_hosts_file(str(tmp_path / "missing"))
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_target_options(parser)
+    return parser.parse_args(argv)
+
+
+def test_targets_from_args_order_and_kinds(tmp_path):
+    dump = tmp_path / "dump.txt"
+    dump.write_text("")
+    args = _parse(
+        "--host", "nat-a", "--local", "--input", str(dump), "--host", "nat-a", "--input", "-"
+    )
+    got = targets_from_args(args)
+    assert [(t.kind, t.name) for t in got] == [
+        ("ssh", "nat-a"),
+        ("local", socket.gethostname()),
+        ("file", str(dump)),
+        ("file", "stdin"),
+    ]
+    with pytest.raises(UsageError, match="no such file"):
+        targets_from_args(_parse("--input", str(tmp_path / "nope")))
+    with pytest.raises(UsageError, match="only once"):
+        targets_from_args(_parse("--input", "-", "--input", "-"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    with pytest.raises(UsageError, match="no hosts in the file"):
+        targets_from_args(_parse("--hosts-file", str(empty)))
+
+
+def test_discovery_is_the_default(monkeypatch):
+    from natfleet.commands import awsopts
+
+    calls = []
+
+    def fake_discover(args=None):
+        calls.append(args)
+        stopped = Target(name="nat-b", host="", instance_id="i-0def")
+        return [Target(name="nat-a", host="10.0.0.5", instance_id="i-0abc")], [
+            HostError(stopped, "no private address (instance stopped): start it", "connect")
+        ]
+
+    monkeypatch.setattr(awsopts, "targets_from_args", fake_discover)
+    args = _parse("--address", "public", "--profile", "prod", "--tag", "Role=nat")
+    assert [t.instance_id for t in targets_from_args(args)] == ["i-0abc", "i-0def"]
+    found, errors = resolve_targets_from_args(args)
+    assert [t.name for t in found] == ["nat-a"] and errors[0].message.endswith("start it")
+    assert calls == [args, args] and args.profile == ["prod"] and args.address == "public"
+    assert targets.build_targets(hosts=["nat-a"], discover=fake_discover)[0].host == "nat-a"
+    assert len(calls) == 2  # a named target means no discovery
+    with pytest.raises(UsageError, match="no targets"):
+        targets.build_targets()
+
+
+def test_ssh_options_from_args(tmp_path):
+    key = tmp_path / "key"
+    key.write_text("k")
+    args = _parse(
+        "--ssh-user", "ec2-user", "-i", str(key), "--proxy-jump", "admin@203.0.113.9:2222",
+        "--known-hosts", str(tmp_path / "kh"), "--accept-new-host-keys", "--timeout", "4",
+    )  # fmt: skip
+    options = ssh_options_from_args(args)
+    assert (options.user, options.identity_files, options.proxy_jump) == (
+        "ec2-user",
+        (str(key),),
+        "admin@203.0.113.9:2222",
+    )
+    assert options.accept_new_host_keys and options.known_hosts == str(tmp_path / "kh")
+    assert (options.connect_timeout, options.command_timeout) == (4.0, 4.0)
+    defaults = ssh_options_from_args(_parse())
+    assert (defaults.connect_timeout, defaults.command_timeout) == (10.0, 20.0)
+    assert not defaults.accept_new_host_keys and _parse().parallel == 16
+    with pytest.raises(UsageError, match="no such key file"):
+        ssh_options_from_args(_parse("-i", str(tmp_path / "nokey")))
+    with pytest.raises(UsageError, match="--proxy-jump: bad host"):
+        ssh_options_from_args(_parse("--proxy-jump", "b;id"))
+    with pytest.raises(SystemExit):
+        _parse("--timeout", "0")
