@@ -92,15 +92,17 @@ def client(
 ) -> Any:
     """A boto3 client with adaptive retries; ``region`` None means the session's region.
 
-    ``endpoint_url`` is for the lab's moto server (``AWS_ENDPOINT_URL`` works too).
+    ``endpoint_url`` is for the lab's moto server (``AWS_ENDPOINT_URL`` works too); with it,
+    request compression is off (moto's server cannot read gzipped PutMetricData bodies).
 
     Example:
         >>> cw = client(session, "cloudwatch", "eu-west-1")
     """
+    config = RETRY_CONFIG
+    if endpoint_url:
+        config = config.merge(Config(disable_request_compression=True))
     try:
-        return session.client(
-            service, region_name=region, endpoint_url=endpoint_url, config=RETRY_CONFIG
-        )
+        return session.client(service, region_name=region, endpoint_url=endpoint_url, config=config)
     except NoRegionError as exc:
         raise AwsError(NO_REGION) from exc
     except (ProfileNotFound, NoCredentialsError, PartialCredentialsError) as exc:

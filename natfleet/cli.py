@@ -63,13 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         module.register(sub)
+    for command_parser in sub.choices.values():
+        command_parser.set_defaults(_parser=command_parser)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run natfleet; returns the exit code (see :class:`natfleet.errors.ExitCode`)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        (getattr(args, "_parser", None) or parser).error(
+            f"unrecognized arguments: {' '.join(extra)}"
+        )
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="natfleet: %(levelname)s: %(message)s",

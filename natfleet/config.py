@@ -84,6 +84,21 @@ class Prices:
     estimate: bool = True
     path: Optional[Path] = None
 
+    def gateway_cost(self, hours: float, bytes_processed: Optional[float]) -> float:
+        """A NAT gateway's charge: hours plus GB processed (data transfer not included).
+
+        Example:
+            >>> Prices().gateway_cost(730, 100e9)   # a month, 100 GB
+            37.35
+        """
+        gb = (bytes_processed or 0.0) / 1e9
+        return round(hours * self.nat_gateway_hourly + gb * self.nat_gateway_per_gb, 6)
+
+    def instance_cost(self, instance_type: Optional[str], hours: float) -> Optional[float]:
+        """A NAT instance's on-demand charge; None when the type is not in the price list."""
+        hourly = self.instance_hourly.get(instance_type or "")
+        return None if hourly is None else round(hours * hourly, 6)
+
 
 def parse_tag(text: str) -> tuple[str, str]:
     """``KEY=VALUE`` -> ``(KEY, VALUE)``; ``KEY=`` means any value. Raises UsageError.
@@ -95,7 +110,7 @@ def parse_tag(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise UsageError(f"tag must be KEY=VALUE (KEY= for any value), not {text!r}")
-    return key.strip(), value.strip()
+    return key.strip(), value  # a value may end in a space, as tag values can
 
 
 def find_config(explicit: Optional[str] = None) -> Optional[Path]:

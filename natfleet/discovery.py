@@ -98,8 +98,6 @@ def default_routes(route_tables: Iterable[dict[str, Any]]) -> list[RouteHit]:
                 continue  # internet gateway, transit gateway, peering...
             if target["nat_gateway_id"]:
                 target["instance_id"] = target["eni_id"] = None
-            elif target["eni_id"]:
-                target["instance_id"] = None  # AWS fills both; the ENI is what routes
             hits.append(
                 RouteHit(
                     route_table_id=table["RouteTableId"],
@@ -179,7 +177,9 @@ class _Scan:
                 for gw in page.get("NatGateways", []):
                     found.gateway(gw)
         found.attach_gateway_routes()
-        return found.devices()
+        devices = found.devices()
+        log.debug("discovery in %s: %d device(s)", region, len(devices))
+        return devices
 
     def _instances(
         self, ec2: Any, filters: list[dict[str, Any]], live: bool = True
@@ -238,7 +238,8 @@ class _Scan:
         found.gateway_routes = [h for h in hits if h.nat_gateway_id]
         if "route" not in self.methods:
             return
-        eni_ids = sorted({h.eni_id for h in hits if h.eni_id})
+        # AWS names the instance too when the ENI is attached; moto names only the target.
+        eni_ids = sorted({h.eni_id for h in hits if h.eni_id and not h.instance_id})
         eni_owner: dict[str, str] = {}
         for chunk in _chunks(eni_ids):
             for eni in self._enis(ec2, [{"Name": "network-interface-id", "Values": chunk}]):

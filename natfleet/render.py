@@ -69,10 +69,10 @@ def _cell(value: str, width: int) -> str:
     return value.ljust(width) if len(value) < width else value + " "
 
 
-def netstat_header(style: NetstatStyle) -> str:
+def netstat_header(style: NetstatStyle, host_width: int = 0) -> str:
     width = 41 if style.wide else 31
     first = "Source Address" if style.untranslated else "NATed Address"
-    cells = [_cell(style.host_column, 24)] if style.host_column else []
+    cells = [_cell(style.host_column, host_width)] if style.host_column else []
     cells += ["Proto ", _cell(first, width)]
     if style.nat_host and not style.untranslated:
         cells.append(_cell("NAT-host Address", width))
@@ -85,12 +85,13 @@ def netstat_lines(
 ) -> Iterator[str]:
     """netstat-nat's fixed-width text: Proto 6, address columns 31 (41 with -x), State."""
     width = 41 if style.wide else 31
+    host_width = max([len(style.host_column or "")] + [len(x) for x in set(labels or ())]) + 1
     if style.header:
-        yield netstat_header(style)
+        yield netstat_header(style, host_width)
     for i, flow in enumerate(flows):
         source, nat_host, dest = flow.shown()
         proto = flow.proto
-        cells = [_cell(labels[i], 24)] if labels is not None else []
+        cells = [_cell(labels[i], host_width)] if labels is not None else []
         cells.append(_cell(proto, 6))
         cells.append(_cell(endpoint(source[0], source[1], proto, style), width))
         if style.nat_host and not style.untranslated:
@@ -133,7 +134,7 @@ def write_flows(
     if fmt == "netstat":
         write_lines(out, netstat_lines(flows, style, labels))
         for e in errors:
-            out.write(f"{_cell(e['target']['label'], 24)}ERROR {e['kind']}: {e['error']}\n")
+            out.write(f"{e['target']['label']}  ERROR {e['kind']}: {e['error']}\n")
     elif fmt == "json":
         rows = []
         for i, flow in enumerate(flows):

@@ -76,9 +76,13 @@ def split_host_spec(spec: str, where: str = "") -> tuple[Optional[str], str, Opt
 
 
 def host_target(spec: str, where: str = "") -> Target:
-    """A Target for one ``--host`` value (see :func:`split_host_spec`)."""
+    """A Target for one ``--host`` value (see :func:`split_host_spec`); it is named as
+    typed, without the user: ``root@[2001:db8::1]:2222`` is ``[2001:db8::1]:2222``."""
     user, addr, port = split_host_spec(spec, where)
-    return Target(name=addr, host=addr, kind="ssh", user=user, port=port)
+    name = addr
+    if port is not None:
+        name = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    return Target(name=name, host=addr, kind="ssh", user=user, port=port)
 
 
 def read_hosts_file(path: str) -> list[Target]:

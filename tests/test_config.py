@@ -72,7 +72,9 @@ def test_missing_explicit_file_is_an_error(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"nope.toml: no such config file \(from --config\)"):
         load_config(str(tmp_path / "nope.toml"))
     monkeypatch.setenv("NATFLEET_CONFIG", str(tmp_path / "gone.toml"))
-    with pytest.raises(ConfigError, match=r"gone.toml: no such config file \(from NATFLEET_CONFIG\)"):
+    with pytest.raises(
+        ConfigError, match=r"gone.toml: no such config file \(from NATFLEET_CONFIG\)"
+    ):
         load_config()
 
 
@@ -138,3 +140,12 @@ def test_iam_policy_is_exactly_the_read_only_actions():
         "cloudwatch:GetMetricData",
     }
     assert all(st["Effect"] == "Allow" for st in policy["Statement"])
+
+
+def test_costs():
+    prices = Prices()
+    assert prices.gateway_cost(730, 100e9) == pytest.approx(730 * 0.045 + 100 * 0.045)
+    assert prices.gateway_cost(1, None) == 0.045
+    assert prices.instance_cost("t4g.nano", 730) == pytest.approx(730 * 0.0042)
+    assert prices.instance_cost("x9.mega", 1) is None
+    assert prices.instance_cost(None, 1) is None

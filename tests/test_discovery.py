@@ -33,7 +33,7 @@ from natfleet.errors import AwsError, UsageError
 from natfleet.models import Device
 
 DATA = Path(__file__).parent / "data" / "aws"
-AMI = "ami-12c6146b"
+AMI = "ami-760aaa0f"  # Amazon Linux in moto
 REGION = "us-east-1"
 
 
@@ -182,7 +182,9 @@ def test_secondary_eni_with_check_off(session):
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.1.0.0/24")["Subnet"]["SubnetId"]
     inst = _run(ec2, subnet, "fck-nat")
     eni = ec2.create_network_interface(SubnetId=subnet)["NetworkInterface"]["NetworkInterfaceId"]
-    ec2.attach_network_interface(NetworkInterfaceId=eni, InstanceId=inst["InstanceId"], DeviceIndex=1)
+    ec2.attach_network_interface(
+        NetworkInterfaceId=eni, InstanceId=inst["InstanceId"], DeviceIndex=1
+    )
     ec2.modify_network_interface_attribute(NetworkInterfaceId=eni, SourceDestCheck={"Value": False})
     (dev,) = discover(session, methods=["source-dest-check"], gateways=False)
     assert (dev.name, dev.found_by) == ("fck-nat", [f"source-dest-check:off {eni}"])
@@ -201,12 +203,14 @@ def test_default_routes_from_a_real_shaped_answer():
 
 def test_pagination_many_instances(session, monkeypatch):
     ec2 = session.client("ec2", region_name=REGION)
-    for n in range(23):
+    for _ in range(23):
         ec2.run_instances(
             ImageId=AMI,
             MinCount=1,
             MaxCount=1,
-            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Role", "Value": "nat"}]}],
+            TagSpecifications=[
+                {"ResourceType": "instance", "Tags": [{"Key": "Role", "Value": "nat"}]}
+            ],
         )
     pages = []
     real = aws.paginate
@@ -320,7 +324,9 @@ def test_access_denied_names_the_iam_action(monkeypatch):
 
 def test_access_denied_cloudwatch_action_name():
     _, cw, stub = _stubbed("cloudwatch")
-    stub.add_client_error("get_metric_data", service_error_code="AccessDenied", http_status_code=403)
+    stub.add_client_error(
+        "get_metric_data", service_error_code="AccessDenied", http_status_code=403
+    )
     with stub, pytest.raises(AwsError, match="access denied for cloudwatch:GetMetricData"):
         list(aws.paginate(cw, "get_metric_data", MetricDataQueries=[], StartTime=0, EndTime=1))
 

@@ -64,8 +64,8 @@ def test_hosts_file(tmp_path):
     got = targets.read_hosts_file(str(path))
     assert got == [
         Target(name="198.51.100.7", host="198.51.100.7", user="root"),
-        Target(name="nat-b", host="nat-b", port=2222),
-        Target(name="2001:db8::5", host="2001:db8::5", port=22),
+        Target(name="nat-b:2222", host="nat-b", port=2222),
+        Target(name="[2001:db8::5]:22", host="2001:db8::5", port=22),
     ]
     path.write_text("nat-a\nnat-b $(id)\n")
     with pytest.raises(UsageError, match=rf"{path}:2: bad host 'nat-b \$\(id\)'"):

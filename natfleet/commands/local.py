@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     style.names = answer.get("names") or {}
     out = sys.stdout
     write_flows(out, args.format or "netstat", flows, style)
+    for warning in answer.get("warnings") or ():
+        print(f"natfleet: {warning}", file=sys.stderr)
     footer, details = malformed_notes(answer)
     for line in details:
         print(line, file=sys.stderr)

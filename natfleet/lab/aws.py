@@ -4,12 +4,13 @@
 through ``SIGALRM``) and creates, with fake ``testing`` keys:
 
 - VPC ``198.19.0.0/16``; the boxes' management subnet ``198.19.255.0/24``, where each lab box
-  is an instance whose private IP is its management address (tags ``Name=<box>``,
-  ``Role=nat``), source/dest check off (instance and primary ENI: moto does not link them);
+  is an instance whose private IP is its management address and whose Elastic IP is its
+  public address (tags ``Name=<box>``, ``Role=nat``), source/dest check off (instance and
+  primary ENI: moto does not link them);
 - a private subnet and route table per box sending ``0.0.0.0/0`` to the box: by InstanceId,
   except every third box (box 2, 5, ...) through its ENI (NetworkInterfaceId);
-- a public subnet ``198.19.0.0/24`` with an internet gateway and a NAT gateway (EIP), used by
-  one more private route table;
+- a public subnet ``198.19.0.0/24`` with an internet gateway and a NAT gateway (EIP
+  198.51.100.200; moto picks its private IP at random), used by one more route table;
 - one ordinary instance with hostile tags (shell metacharacters, markup, bidi control, a
   near-miss ``Role``) that discovery must not pick up and renderers must print safely.
 
@@ -48,6 +49,7 @@ MGMT_CIDR = "198.19.255.0/24"
 PUBLIC_CIDR = "198.19.0.0/24"
 GATEWAY_CLIENT_CIDR = "198.19.200.0/24"
 HOSTILE_IP = "198.19.255.250"
+GATEWAY_EIP = "198.51.100.200"  # documentation range, like every lab address
 HOSTILE_TAGS = {
     # (no control characters: EC2's XML answers cannot carry them)
     "Name": "web'; $(reboot) `id` | <b>x</b> \u202egnp.exe \u00e9\u00e8 [31mred",
@@ -142,11 +144,15 @@ def _clients(endpoint_url: str, *services: str) -> list[Any]:
 # --- seeding ----------------------------------------------------------------------------
 
 
-def seed(state: Any) -> dict[str, Any]:
-    """Start moto and create the lab's AWS side; fills ``box.instance_id`` and ``state.aws``.
+def seed(
+    state: Any, read_counters: Optional[Callable[[str], dict[str, int]]] = None
+) -> dict[str, Any]:
+    """Start moto and create the lab's AWS side; fills ``box.instance_id`` and ``state.aws``,
+    then publishes the first hour of metrics (box counters read with ``read_counters``,
+    default: inside each box's namespace).
 
-    Returns ``state.aws``: ``{"endpoint_url", "region", "pid", "nat_gateway_id", "vpc_id"}``.
-    On failure the server is stopped and LabError raised.
+    Returns ``state.aws``: ``{"endpoint_url", "region", "pid", "nat_gateway_id", "vpc_id",
+    "counters", "gateway_metrics"}``. On failure the server is stopped and LabError raised.
     """
     folder = Path(state.state_dir)
     log_file = folder / "moto.log" if folder.is_dir() else None
@@ -156,13 +162,13 @@ def seed(state: Any) -> dict[str, Any]:
         try:
             (ec2,) = _clients(endpoint, "ec2")
             info = build_world(ec2, state.boxes)
+            state.aws = {"endpoint_url": endpoint, "region": REGION, "pid": pid, **info}
+            publish_metrics(state, read_counters=read_counters or box_counters)
         except (AwsError, KeyError) as exc:
             raise LabError(f"seeding the lab's moto server failed: {exc}") from exc
     except BaseException:
         stop_pid(pid)
         raise
-    state.aws = {"endpoint_url": endpoint, "region": REGION, "pid": pid, **info}
-    _save(state)
     return state.aws
 
 
@@ -183,12 +189,15 @@ def build_world(ec2: Any, boxes: Sequence[Any]) -> dict[str, Any]:
         off = {"Value": False}
         call("modify_instance_attribute", InstanceId=box.instance_id, SourceDestCheck=off)
         call("modify_network_interface_attribute", NetworkInterfaceId=eni, SourceDestCheck=off)
+        if box.public_ip:  # the box's outside address, as its Elastic IP
+            eip = call("allocate_address", Domain="vpc", Address=box.public_ip)
+            call("associate_address", AllocationId=eip["AllocationId"], InstanceId=box.instance_id)
         private = _subnet(call, vpc, f"198.19.{i}.0/24", f"nflab-private-{i}")
         target = {"NetworkInterfaceId": eni} if i % 3 == 2 else {"InstanceId": box.instance_id}
         _route_table(call, vpc, private, f"nflab-private-{i}", **target)
 
     _instance(call, mgmt, HOSTILE_IP, HOSTILE_TAGS)
-    eip = call("allocate_address", Domain="vpc")
+    eip = call("allocate_address", Domain="vpc", Address=GATEWAY_EIP)
     gateway = call(
         "create_nat_gateway",
         SubnetId=public,

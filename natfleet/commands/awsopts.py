@@ -1,0 +1,124 @@
+"""AWS options shared by every command that finds targets in AWS (discover, gateways, conns,
+summary, compare), and the one way those options become devices and targets.
+
+Example:
+    >>> add_aws_options(parser)
+    >>> args = parser.parse_args(["--profile", "prod", "--region", "all", "--tag", "Role=nat"])
+    >>> devices = devices_from_args(args)
+    >>> targets, errors = targets_from_args(args)
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+import boto3
+
+from natfleet import aws
+from natfleet.config import Config, load_config
+from natfleet.discovery import discover, targets_and_errors
+from natfleet.models import Device, HostError, Target
+
+AWS_HELP = """\
+AWS discovery: NAT instances are found by tag (config [discovery] tags, default Role=nat),
+by route tables sending 0.0.0.0/0 or ::/0 to an instance or its ENI, and by a disabled
+source/dest check; --tag replaces the configured tags and limits discovery to tags.
+Credentials come from the usual AWS chain (AWS_PROFILE, ~/.aws, SSO, instance role)."""
+
+
+def add_aws_options(parser: argparse.ArgumentParser, address: bool = True) -> None:
+    """Add ``--profile --region --tag --vpc-id --instance-id`` (each repeatable, so lists),
+    and ``--address`` (when ``address``) and ``--config`` unless the parser has them already."""
+    group = parser.add_argument_group("AWS", AWS_HELP)
+    group.add_argument(
+        "--profile",
+        action="append",
+        metavar="P",
+        help="AWS profile (repeatable: every profile is scanned); default: the AWS chain",
+    )
+    group.add_argument(
+        "--region",
+        action="append",
+        metavar="R",
+        help="region (repeatable), or 'all' for every enabled region; default: the profile's",
+    )
+    group.add_argument(
+        "--tag",
+        action="append",
+        metavar="KEY=VALUE",
+        help="NAT instances carry this tag (repeatable, any matches; KEY= for any value)",
+    )
+    group.add_argument(
+        "--vpc-id", action="append", metavar="VPC", help="only this VPC (repeatable)"
+    )
+    group.add_argument(
+        "--instance-id", action="append", metavar="ID", help="only this instance (repeatable)"
+    )
+    if address and not _has_option(parser, "--address"):  # targetopts may have added it
+        group.add_argument(
+            "--address",
+            choices=("private", "public"),
+            help="instance address to connect to (default: config, else private)",
+        )
+    if not _has_option(parser, "--config"):
+        group.add_argument("--config", metavar="FILE", help="natfleet config file (TOML)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The configuration named by ``--config`` (else $NATFLEET_CONFIG, ~/.config, defaults)."""
+    return load_config(getattr(args, "config", None))
+
+
+def sessions_from_args(args: argparse.Namespace) -> dict[Optional[str], boto3.Session]:
+    """One session per ``--profile`` (None: the default chain)."""
+    return {p: aws.make_session(p) for p in (getattr(args, "profile", None) or [None])}
+
+
+def devices_from_args(
+    args: argparse.Namespace,
+    config: Optional[Config] = None,
+    instances: bool = True,
+    gateways: Optional[bool] = None,
+) -> list[Device]:
+    """Every device the AWS options describe, across profiles and regions, merged by id.
+
+    ``instances=False`` finds NAT gateways only; ``gateways`` None follows the config.
+    """
+    config = config or config_from_args(args)
+    disc = config.discovery
+    tags = getattr(args, "tag", None)
+    methods = (["tag"] if tags else list(disc.methods)) if instances else []
+    merged: dict[tuple[str, str], Device] = {}
+    for profile, session in sessions_from_args(args).items():
+        for device in discover(
+            session,
+            getattr(args, "region", None),
+            tags=tags or disc.tags,
+            methods=methods,
+            vpc_ids=getattr(args, "vpc_id", None) or (),
+            instance_ids=getattr(args, "instance_id", None) or (),
+            gateways=disc.gateways if gateways is None else gateways,
+            profile=profile,
+        ):
+            key = (device.region, device.id)
+            if key in merged:  # two profiles of one account
+                merged[key].found_by += [
+                    r for r in device.found_by if r not in merged[key].found_by
+                ]
+            else:
+                merged[key] = device
+    return list(merged.values())
+
+
+def targets_from_args(
+    args: argparse.Namespace, config: Optional[Config] = None
+) -> tuple[list[Target], list[HostError]]:
+    """SSH targets for the NAT instances found, and errors for those without an address."""
+    config = config or config_from_args(args)
+    devices = devices_from_args(args, config, gateways=False)
+    return targets_and_errors(devices, getattr(args, "address", None) or config.discovery.address)
+
+
+def _has_option(parser: argparse.ArgumentParser, option: str) -> bool:
+    return any(option in action.option_strings for action in parser._actions)

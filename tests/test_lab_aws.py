@@ -1,0 +1,133 @@
+"""natfleet.lab.aws against a real moto server on 127.0.0.1, without the netns lab.
+
+The state is a real LabState in a temp folder with made-up boxes; counters are handed in, so
+no namespace, root or network beyond loopback is needed. The server is always stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import pytest
+
+from natfleet import aws, cloudwatch
+from natfleet.discovery import discover
+from natfleet.lab import aws as lab_aws
+from natfleet.lab.state import LabBox, LabState
+
+COUNTERS = {
+    "nflab-box1": {"rx_bytes": 6000, "tx_bytes": 5000, "rx_packets": 60, "tx_packets": 50},
+    "nflab-box2": {"rx_bytes": 10, "tx_bytes": 0, "rx_packets": 1, "tx_packets": 0},
+    "nflab-box3": {"rx_bytes": 0, "tx_bytes": 0, "rx_packets": 0, "tx_packets": 0},
+}
+
+
+def _box(i: int) -> LabBox:
+    return LabBox(
+        name=f"nflab-box{i}",
+        netns=f"nflab-box{i}",
+        mgmt_ip=f"198.19.255.{10 + i}",
+        public_ip=f"198.51.100.{10 + i}",
+        inside_ip=f"198.18.{i}.1",
+        inside_netns=f"nflab-in{i}",
+        inside_host_ip=f"198.18.{i}.10",
+    )
+
+
+@pytest.fixture
+def lab(tmp_path, monkeypatch):
+    state = LabState(
+        state_dir=str(tmp_path),
+        boxes=[_box(i) for i in (1, 2, 3)],
+        ssh_config=str(tmp_path / "ssh_config"),
+        known_hosts=str(tmp_path / "known_hosts"),
+        key_file=str(tmp_path / "key"),
+        lifetime=300,
+    )
+    try:
+        lab_aws.seed(state, read_counters=COUNTERS.get)
+        for key, value in state.env().items():
+            monkeypatch.setenv(key, value)
+        yield state
+    finally:
+        pid = state.aws.get("pid")
+        lab_aws.stop(state)
+        if pid:  # our child: reap it, proving it ended
+            assert os.waitpid(int(pid), 0)[0] == int(pid)
+
+
+def test_seed_builds_the_lab_vpc(lab):
+    aws_info = lab.aws
+    assert aws_info["endpoint_url"].startswith("http://127.0.0.1:")
+    assert aws_info["region"] == "us-east-1"
+    assert os.path.exists(lab.state_dir + "/state.json")
+    session = aws.make_session()
+    found = {d.name or d.id: d for d in discover(session)}
+    ids = [box.instance_id for box in lab.boxes]
+    assert all(ids)
+    for i, box in enumerate(lab.boxes, 1):
+        device = found[box.name]
+        assert device.id == box.instance_id
+        assert device.private_ip == box.mgmt_ip
+        assert device.public_ip == box.public_ip
+        assert device.found_by[:2] == ["tag:Role=nat", "source-dest-check:off"]
+        route = device.found_by[2]
+        if i == 2:
+            assert route.startswith("route:rtb-") and " 0.0.0.0/0 via eni-" in route
+        else:
+            assert route.startswith("route:rtb-") and route.endswith(" 0.0.0.0/0")
+    gw = found["nflab-natgw"]
+    assert gw.id == aws_info["nat_gateway_id"]
+    assert gw.kind == "gateway" and len(gw.route_tables) == 1
+    assert gw.public_ip == lab_aws.GATEWAY_EIP
+    assert len(found) == 4  # the hostile-tag instance is not a NAT instance
+
+
+def test_publish_metrics_from_counters(lab):
+    """seed() published the counters once (over 60 minutes) and the gateway's series."""
+    now = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0)
+    counters = {name: dict(c) for name, c in COUNTERS.items()}
+    session = aws.make_session()
+    start, end = now - dt.timedelta(minutes=61), now + dt.timedelta(minutes=1)
+    box1 = lab.boxes[0].instance_id
+    series = cloudwatch.instance_metrics(session, "us-east-1", [box1], start, end, 60)
+    sums = {s.metric: cloudwatch.series_sum(s) for s in series}
+    assert sums["NetworkIn"] == 6000 and sums["NetworkOut"] == 5000
+    assert sums["NetworkPacketsIn"] == 60 and sums["NetworkPacketsOut"] == 50
+
+    # a second call adds only what the counters grew by
+    counters["nflab-box1"] = {
+        "rx_bytes": 6500,
+        "tx_bytes": 5000,
+        "rx_packets": 65,
+        "tx_packets": 50,
+    }
+    put = lab_aws.publish_metrics(lab, since_minutes=10, read_counters=counters.get, now=now)
+    assert put == 3 * 6 * 10  # the gateway series is published once only
+    series = cloudwatch.instance_metrics(session, "us-east-1", [box1], start, end, 60)
+    assert cloudwatch.series_sum(series[0]) == 6500
+
+    gw = lab.aws["nat_gateway_id"]
+    (row,) = cloudwatch.gateway_summary(
+        cloudwatch.gateway_metrics(session, "us-east-1", [gw], start, end, 60), start, end
+    )
+    expected = lab_aws.gateway_series()
+    assert row["peak_active_connections"] == max(expected["ActiveConnectionCount"])
+    assert row["error_port_allocation"] == 6.0
+    assert row["connection_attempts"] == sum(expected["ConnectionAttemptCount"])
+    assert len(row["active_connections"]) == 60  # published once, not twice
+
+
+def test_parse_counters_and_spread():
+    assert lab_aws.parse_counters("eth0 1000 2000 10 20\nmgmt0 5 6 1 1\n") == {
+        "rx_bytes": 1005,
+        "tx_bytes": 2006,
+        "rx_packets": 11,
+        "tx_packets": 21,
+    }
+    with pytest.raises(Exception, match="line 1"):
+        lab_aws.parse_counters("eth0 x 1 2 3")
+    assert lab_aws.spread(100, 4) == [10, 20, 30, 40]
+    assert sum(lab_aws.spread(12345, 60)) == 12345
+    assert lab_aws.spread(0, 3) == [0, 0, 0]
