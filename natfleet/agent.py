@@ -12,12 +12,14 @@ captured texts), so parsers never open paths themselves.
 """
 
 import concurrent.futures
+import io
 import ipaddress
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 AGENT_VERSION = 1
@@ -136,7 +138,7 @@ class LocalSources(object):
         return os.path.exists(self.path(path))
 
     def open_lines(self, path):
-        """An iterator of lines; raises FileNotFoundError or PermissionError."""
+        """A text stream (read/readline); raises FileNotFoundError or PermissionError."""
         return open(self.path(path), "r", encoding="ascii", errors="replace", buffering=1 << 20)
 
     def read(self, path):
@@ -160,7 +162,7 @@ class LocalSources(object):
             return None
 
     def command_lines(self, argv):
-        """Lines a command prints, or None when it is not installed (only on a live root)."""
+        """A command's output stream, or None when it is not installed (live root only)."""
         if self.root != "/":
             return None
         try:
@@ -198,8 +200,11 @@ class _CommandLines(object):
     def __init__(self, proc):
         self.proc = proc
 
-    def __iter__(self):
-        return iter(self.proc.stdout)
+    def read(self, size=-1):
+        return self.proc.stdout.read(size)
+
+    def readline(self):
+        return self.proc.stdout.readline()
 
     def __enter__(self):
         return self
@@ -228,11 +233,11 @@ class DumpSources(object):
     def open_lines(self, path):
         if path == TABLE_PROC and self.table_file is not None:
             if self.table_file == "-":
-                return _NoClose(sys.stdin)
+                return _Borrowed(sys.stdin)
             return open(self.table_file, "r", encoding="ascii", errors="replace")
         if path not in self.files:
             raise FileNotFoundError(path)
-        return _NoClose(self.files[path].splitlines())
+        return io.StringIO(self.files[path], newline=None)
 
     def read(self, path):
         return self.files.get(path)
@@ -247,18 +252,23 @@ class DumpSources(object):
 
     def command_lines(self, argv):
         text = self.files.get("$ " + " ".join(argv))
-        return None if text is None else _NoClose(text.splitlines())
+        return None if text is None else io.StringIO(text, newline=None)
 
     def command(self, argv, timeout=10):
         return self.files.get("$ " + " ".join(argv))
 
 
-class _NoClose(object):
-    def __init__(self, lines):
-        self.lines = lines
+class _Borrowed(object):
+    """A stream the agent reads but does not own (stdin): not closed on exit."""
 
-    def __iter__(self):
-        return iter(self.lines)
+    def __init__(self, stream):
+        self.stream = stream
+
+    def read(self, size=-1):
+        return self.stream.read(size)
+
+    def readline(self):
+        return self.stream.readline()
 
     def __enter__(self):
         return self
@@ -342,6 +352,18 @@ def _tuple(tokens, pnum):
     The layout is read from the tokens, not guessed from the protocol (the kernel prints
     DCCP as ``unknown 33`` with no ports); tcp, udp, udplite and sctp must have ports.
     """
+    if len(tokens) >= 4:  # the usual port tuple, checked with the fewest steps
+        src, dst, sport, dport = tokens[0], tokens[1], tokens[2], tokens[3]
+        if sport[:6] == "sport=" and dport[:6] == "dport=" and dst[:4] == "dst=":
+            sport, dport, dst = sport[6:], dport[6:], dst[4:]
+            if sport.isdigit() and dport.isdigit():
+                return (
+                    _ADDR_CACHE.get(src) or canonical_address(src),
+                    _ADDR_CACHE.get(dst) or canonical_address(dst),
+                    sport,
+                    dport,
+                    4,
+                )
     try:
         dst = tokens[1]
         if dst[:4] != "dst=":
@@ -378,8 +400,16 @@ def _tuple(tokens, pnum):
         raise Malformed("short tuple") from None
 
 
-def _extras_ok(tokens):
+_COMMON_EXTRAS = frozenset(
+    ("[UNREPLIED]", "[ASSURED]", "[OFFLOAD]", "[HW_OFFLOAD]", "mark=0", "zone=0")
+    + tuple("use=%d" % n for n in range(1, 10))
+)
+
+
+def _extras_ok(tokens, _common=_COMMON_EXTRAS.issuperset):
     """Every field after a tuple is a known flag, ``key=DIGITS`` or ``secctx=...``."""
+    if _common(tokens):
+        return True  # the usual tail, checked in one C call
     for tok in tokens:
         if tok in FLAG_TOKENS:
             continue
@@ -900,6 +930,8 @@ class Request(object):
         self.top = int(data.get("top") or 10)
         self.limit = data.get("limit")
         self.resolve = bool(data.get("resolve"))
+        jobs = data.get("jobs")
+        self.jobs = None if jobs is None else int(jobs)
         self.resolve_budget = float(data.get("resolve_budget") or 5.0)
         self._src_cache = {}
         self._dst_cache = {}
@@ -979,36 +1011,168 @@ class TopCounter(object):
         return sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
 
 
-def scan(request, sources, own=None):
-    """Walk the table once: (source name, kept Flows or a Summary, lines read, malformed).
+BLOCK_CHARS = 1 << 20
+PARALLEL_MIN_FLOWS = 50000
+MAX_WORKERS = 4
 
-    ``own`` is the box's own addresses (for local vs routed). In list mode the matching
-    flows are kept; in summary mode only counters, so memory does not grow with the table.
-    """
-    own = frozenset(own or ())
-    source, handle = open_table(sources)
-    summary = Summary(request.top) if request.mode == "summary" else None
-    kept = []
-    malformed = {"count": 0, "examples": []}
-    lineno = 0
-    matches = request.matches
-    with handle as lines:
-        for lineno, line in enumerate(lines, 1):
+
+def _blocks(stream, size=BLOCK_CHARS):
+    """(first line number, text of whole lines) blocks of about ``size`` characters."""
+    lineno = 1
+    while True:
+        text = stream.read(size)
+        if not text:
+            return
+        if not text.endswith("\n"):
+            text += stream.readline()
+        yield lineno, text
+        lineno += text.count("\n")
+
+
+def _lines(text):
+    lines = text.split("\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+class Tally(object):
+    """What one pass over some lines found: a Summary or kept Flows, and the bad lines."""
+
+    def __init__(self, request, own):
+        self.own = own
+        self.summary = Summary(request.top) if request.mode == "summary" else None
+        self.matches = request.matches
+        self.kept = []
+        self.malformed = {"count": 0, "examples": []}
+
+    def feed(self, first, lines):
+        """Parse, classify and count ``lines`` (numbered from ``first``)."""
+        own, summary, matches, kept = self.own, self.summary, self.matches, self.kept
+        for lineno, line in enumerate(lines, first):
             try:
                 fields = parse_fields(line)
             except Malformed:
                 if not line.strip() or _is_trailer(line):
                     continue
-                malformed["count"] += 1
-                if len(malformed["examples"]) < MALFORMED_EXAMPLES:
-                    malformed["examples"].append({"line": lineno, "text": line.rstrip("\n")[:500]})
+                self.malformed["count"] += 1
+                if len(self.malformed["examples"]) < MALFORMED_EXAMPLES:
+                    self.malformed["examples"].append({"line": lineno, "text": line[:500]})
                 continue
             nat = nat_kind(fields, own)
             if summary is not None:
                 summary.add(fields, nat, line)
             elif matches(fields, nat):
                 kept.append(Flow(fields, nat, line))
-    return source, (summary if summary is not None else kept), lineno, malformed
+
+    def merge(self, state):
+        """Add another process's :meth:`state` (parallel summaries)."""
+        self.summary.merge(state["summary"])
+        self.malformed["count"] += state["malformed"]["count"]
+        examples = self.malformed["examples"] + state["malformed"]["examples"]
+        examples.sort(key=lambda ex: ex["line"])
+        self.malformed["examples"] = examples[:MALFORMED_EXAMPLES]
+
+    def state(self):
+        return {"summary": self.summary.state(), "malformed": self.malformed}
+
+
+def workers_for(request, expected_flows):
+    """How many processes a summary may use: one, unless the table is big, the machine has
+    cores to spare and this process has no other threads (fork is only safe then)."""
+    if request.mode != "summary" or not hasattr(os, "fork"):
+        return 1
+    if request.jobs is not None:
+        return max(1, min(MAX_WORKERS, request.jobs))
+    if threading.active_count() > 1 or (expected_flows or 0) < PARALLEL_MIN_FLOWS:
+        return 1
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+def scan(request, sources, own=None, expected_flows=None):
+    """Walk the table once: (source name, kept Flows or a Summary, lines read, malformed).
+
+    ``own`` is the box's own addresses (for local vs routed). In list mode the matching
+    flows are kept; in summary mode only counters, so memory does not grow with the table.
+    A big summary is spread over worker processes (see :func:`workers_for`).
+    """
+    own = frozenset(own or ())
+    source, stream = open_table(sources)
+    tally = Tally(request, own)
+    lines = 0
+    workers = workers_for(request, expected_flows)
+    with stream:
+        if workers > 1:
+            lines = _scan_parallel(stream, tally, request, own, workers)
+        else:
+            for first, text in _blocks(stream):
+                block = _lines(text)
+                tally.feed(first, block)
+                lines = first + len(block) - 1
+    result = tally.summary if tally.summary is not None else tally.kept
+    return source, result, lines, tally.malformed
+
+
+def _scan_parallel(stream, tally, request, own, workers):
+    """Deal blocks round-robin to forked workers over pipes; merge what they counted.
+
+    Workers run at a lower priority (nice 10): on a NAT box the forwarding path comes first.
+    """
+    children = []
+    for _ in range(workers):
+        block_r, block_w = os.pipe()
+        result_r, result_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # worker
+            status = 1
+            try:
+                os.close(block_w)
+                os.close(result_r)
+                for _pid, w, r in children:  # earlier workers' parent ends
+                    os.close(w)
+                    os.close(r)
+                os.nice(10)
+                mine = Tally(request, own)
+                with os.fdopen(block_r, "rb") as blocks:
+                    for header in blocks:
+                        first, size = header.split()
+                        text = blocks.read(int(size)).decode("ascii", "replace")
+                        mine.feed(int(first), _lines(text))
+                with os.fdopen(result_w, "wb") as out:
+                    out.write(json.dumps(mine.state()).encode("ascii"))
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(block_r)
+        os.close(result_w)
+        children.append((pid, block_w, result_r))
+    lines = 0
+    try:
+        for n, (first, text) in enumerate(_blocks(stream)):
+            data = text.encode("ascii", "replace")
+            _write_all(children[n % workers][1], b"%d %d\n" % (first, len(data)) + data)
+            lines = first + text.count("\n") + (not text.endswith("\n")) - 1
+    finally:
+        for _pid, block_w, _r in children:
+            os.close(block_w)
+    failed = 0
+    for pid, _w, result_r in children:
+        with os.fdopen(result_r, "rb") as results:
+            data = results.read()
+        _pid, status = os.waitpid(pid, 0)
+        if status != 0 or not data:
+            failed += 1
+            continue
+        tally.merge(json.loads(data.decode("ascii")))
+    if failed:
+        raise AgentError("agent", "%d of %d summary workers failed" % (failed, workers))
+    return lines
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class Summary(object):
@@ -1052,6 +1216,32 @@ class Summary(object):
     def prune(self):
         for counter in (self.sources, self.destinations, self.ports):
             counter.prune()
+
+    def state(self):
+        """Everything counted, as JSON-able lists (for merging across processes)."""
+        self.prune()
+        return {
+            "flows": self.flows,
+            "tcp_snat_established": self.tcp_snat_established,
+            "kinds": [list(k) + [n] for k, n in self.kinds.items()],
+            "counters": [
+                [[list(k) if isinstance(k, tuple) else k, n] for k, n in c.counts.items()]
+                + [c.error]
+                for c in (self.sources, self.destinations, self.ports)
+            ],
+        }
+
+    def merge(self, state):
+        """Add another Summary's :meth:`state`; dropped-count bounds add up."""
+        self.flows += state["flows"]
+        self.tcp_snat_established += state["tcp_snat_established"]
+        for pnum, st, nat, n in state["kinds"]:
+            key = (pnum, st, nat)
+            self.kinds[key] = self.kinds.get(key, 0) + n
+        for counter, pairs in zip((self.sources, self.destinations, self.ports), state["counters"]):
+            counter.error += pairs.pop()
+            for key, n in pairs:
+                counter.add(tuple(key) if isinstance(key, list) else key, n)
 
     def _by(self, index):
         out = {}
@@ -1129,7 +1319,7 @@ def run(request, sources):
         answer["warnings"].append(
             "the box's own addresses are unknown: connections to it show as routed"
         )
-    source, result, lines, malformed = scan(request, sources, own)
+    source, result, lines, malformed = scan(request, sources, own, facts["count"])
     answer["source"] = source
     answer["lines"] = lines
     answer["malformed"] = malformed

@@ -26,7 +26,6 @@ COMMAND_MODULES = (
     "local",
     "gateways",
     "compare",
-    "watch",
     "lab",
     "demo",
 )

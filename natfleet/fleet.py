@@ -111,6 +111,13 @@ def run_fleet(
     if total == 0:
         return []
     bound = timeout if timeout is not None else getattr(connector, "max_seconds", None)
+    if total == 1 and targets[0].kind != "ssh":
+        # one local or file target: run it here, so the agent may fork summary workers
+        # (it only does so in a process without other threads)
+        outcome = _guarded(targets[0], request, connector)
+        if progress:
+            progress(1, 1, int(isinstance(outcome, HostError)))
+        return [outcome]
     results: list[Optional[Outcome]] = [None] * total
     started: dict[int, float] = {}
     lock = threading.Lock()

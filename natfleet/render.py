@@ -24,6 +24,9 @@ from natfleet.agent import Flow
 
 FORMATS = ("netstat", "table", "json", "csv")
 PORTED = frozenset(("tcp", "udp", "udplite", "sctp", "dccp"))
+NO_DATA = "no data"  # a metric without points: never shown as 0
+SPARKS = "▁▂▃▄▅▆▇█"
+SPARK_WIDTH = 24
 
 
 @dataclass
@@ -224,3 +227,35 @@ def malformed_notes(answer: dict[str, Any], label: str = "") -> tuple[Optional[s
         for ex in bad.get("examples", [])
     ]
     return footer, details
+
+
+def sparkline(values: Sequence[float], width: int = SPARK_WIDTH) -> str:
+    """Unicode sparkline, at most ``width`` wide (each cell the maximum of its points).
+
+    Example:
+        >>> sparkline([0, 1, 2, 3, 4, 5, 6, 7])
+        '▁▂▃▄▅▆▇█'
+    """
+    if not values:
+        return NO_DATA
+    if len(values) > width:
+        step = len(values) / width
+        values = [max(values[int(i * step) : int((i + 1) * step)]) for i in range(width)]
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(SPARKS[int((v - low) / span * (len(SPARKS) - 1))] for v in values)
+
+
+def human(value: Optional[float], unit: str = "") -> str:
+    """1234567 -> '1.2M', None -> 'no data'.
+
+    Example:
+        >>> human(1536, "B")
+        '1.5KB'
+    """
+    if value is None:
+        return NO_DATA
+    for prefix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.1f}{prefix}{unit}"
+    return f"{value:.0f}{unit}"

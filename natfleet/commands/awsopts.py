@@ -11,14 +11,13 @@ Example:
 from __future__ import annotations
 
 import argparse
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import boto3
-
-from natfleet import aws
 from natfleet.config import Config, load_config
-from natfleet.discovery import discover, targets_and_errors
 from natfleet.models import Device, HostError, Target
+
+if TYPE_CHECKING:  # boto3 is imported only when AWS is really used
+    import boto3
 
 AWS_HELP = """\
 AWS discovery: NAT instances are found by tag (config [discovery] tags, default Role=nat),
@@ -72,6 +71,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def sessions_from_args(args: argparse.Namespace) -> dict[Optional[str], boto3.Session]:
     """One session per ``--profile`` (None: the default chain)."""
+    from natfleet import aws
+
     return {p: aws.make_session(p) for p in (getattr(args, "profile", None) or [None])}
 
 
@@ -85,6 +86,8 @@ def devices_from_args(
 
     ``instances=False`` finds NAT gateways only; ``gateways`` None follows the config.
     """
+    from natfleet.discovery import discover
+
     config = config or config_from_args(args)
     disc = config.discovery
     tags = getattr(args, "tag", None)
@@ -117,6 +120,8 @@ def targets_from_args(
     """SSH targets for the NAT instances found, and errors for those without an address."""
     config = config or config_from_args(args)
     devices = devices_from_args(args, config, gateways=False)
+    from natfleet.discovery import targets_and_errors
+
     return targets_and_errors(devices, getattr(args, "address", None) or config.discovery.address)
 
 

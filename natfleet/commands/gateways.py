@@ -18,11 +18,11 @@ from typing import Any, Optional
 
 from tabulate import tabulate
 
-from natfleet import cloudwatch
 from natfleet.commands.awsopts import add_aws_options, devices_from_args, sessions_from_args
 from natfleet.commands.discover import printable
 from natfleet.errors import ExitCode
 from natfleet.models import Device
+from natfleet.render import NO_DATA, human, sparkline
 
 EXAMPLES = """\
 examples:
@@ -31,9 +31,6 @@ examples:
   natfleet gateways --since 2024-05-01T08:00:00Z --until 2024-05-01T12:00:00Z --format json
   natfleet gateways --profile prod --region all --nat-gateway-id nat-0123456789abcdef0
 """
-SPARKS = "▁▂▃▄▅▆▇█"
-SPARK_WIDTH = 24
-NO_DATA = "no data"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,6 +69,8 @@ def add_time_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from natfleet import cloudwatch  # boto3 loads only when a command needs AWS
+
     start = cloudwatch.parse_since(args.since)
     end = cloudwatch.parse_time(args.until)
     period = cloudwatch.parse_period(args.period) or cloudwatch.choose_period(start, end)
@@ -91,6 +90,8 @@ def gateway_rows(
     args: argparse.Namespace, gateways: Sequence[Device], start: Any, end: Any, period: int
 ) -> list[dict[str, Any]]:
     """:func:`natfleet.cloudwatch.gateway_summary` rows with name, region and window added."""
+    from natfleet import cloudwatch
+
     sessions = sessions_from_args(args)
     groups: dict[tuple[Optional[str], str], list[Device]] = defaultdict(list)
     for gw in gateways:
@@ -115,38 +116,6 @@ def gateway_rows(
                 }
             )
     return rows
-
-
-def sparkline(values: Sequence[float], width: int = SPARK_WIDTH) -> str:
-    """Unicode sparkline, at most ``width`` wide (each cell the maximum of its points).
-
-    Example:
-        >>> sparkline([0, 1, 2, 3, 4, 5, 6, 7])
-        '▁▂▃▄▅▆▇█'
-    """
-    if not values:
-        return NO_DATA
-    if len(values) > width:
-        step = len(values) / width
-        values = [max(values[int(i * step) : int((i + 1) * step)]) for i in range(width)]
-    low, high = min(values), max(values)
-    span = (high - low) or 1.0
-    return "".join(SPARKS[int((v - low) / span * (len(SPARKS) - 1))] for v in values)
-
-
-def human(value: Optional[float], unit: str = "") -> str:
-    """1234567 -> '1.2M', None -> 'no data'.
-
-    Example:
-        >>> human(1536, "B")
-        '1.5KB'
-    """
-    if value is None:
-        return NO_DATA
-    for prefix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:.1f}{prefix}{unit}"
-    return f"{value:.0f}{unit}"
 
 
 def _pair(a: Optional[float], b: Optional[float]) -> str:

@@ -48,6 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--top", type=int, default=10, help="how many top talkers (default 10)")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="processes the agent may use on a box for a big table (default: one per core, "
+        "up to 4, only above 50,000 flows; workers run at nice 10); 1 keeps it to one core",
+    )
+    parser.add_argument(
         "--details",
         action="store_true",
         help="also list top sources, destinations and port pressure per box "
@@ -58,7 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    results = run_from_args(args, {"mode": "summary", "top": args.top})
+    request = {"mode": "summary", "top": args.top}
+    if args.jobs is not None:
+        request["jobs"] = args.jobs
+    results = run_from_args(args, request)
     out = sys.stdout
     if args.format == "json":
         write_json(out, summary_json(results))
