@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -61,25 +62,52 @@ def count(netns: str) -> int:
     return int(out.stdout)
 
 
+def fleet_summary(env: dict, hosts: list[str], repeat: int) -> tuple[float, list[dict]]:
+    """Best wall time of ``natfleet summary`` over SSH to ``hosts``, and its JSON boxes."""
+    argv = [*NATFLEET, "summary", "--format", "json", "--parallel", str(len(hosts))]
+    for host in hosts:
+        argv += ["--host", host]
+    best, boxes = float("inf"), []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        took = time.perf_counter() - started
+        if done.returncode != 0:
+            raise SystemExit(f"bench: natfleet summary failed: {done.stderr.strip()}")
+        if took < best:
+            best, boxes = took, json.loads(done.stdout)["boxes"]
+    return best, boxes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flows", type=int, default=250_000, help="table size (default 250000)")
     parser.add_argument(
         "--netstat-flows", type=int, default=20_000, help="table size for netstat-nat (20000)"
     )
+    parser.add_argument("--boxes", type=int, default=20, help="fleet size for the SSH round (20)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per tool (best is kept)")
     parser.add_argument("--keep", action="store_true", help="leave the lab up")
     args = parser.parse_args()
 
-    state = lab.up(boxes=1, aws=False, log=lambda m: print(f"lab: {m}", file=sys.stderr))
+    log = lambda m: print(f"lab: {m}", file=sys.stderr)  # noqa: E731
+    state = lab.up(boxes=args.boxes, aws=False, log=log)
+    env = {**os.environ, **state.env()}
     box = state.boxes[0]
     ns = box.netns
     rows = []
+    fleet = {}
     try:
+        hosts = [b.name for b in state.boxes]
+        fleet["one"], small_boxes = fleet_summary(env, hosts[:1], args.repeat)
+        fleet["all"], _ = fleet_summary(env, hosts, args.repeat)
+        fleet["small_flows"] = small_boxes[0]["summary"]["flows"]
+        fleet["small_bytes"] = small_boxes[0]["transport"]["bytes_received"]
+
         base = count(ns)
         fill_udp(state, box, args.netstat_flows, seconds_max=60)
         small = count(ns)
-        print(f"table: {small} flows (netstat-nat round)", flush=True)
+        print(f"table: {small} flows (netstat-nat round)", file=sys.stderr, flush=True)
         netstat = measure(ns, ["netstat-nat", "-n"], 1, timeout=1800)
         ours_small = measure(ns, [*NATFLEET, "local", "-n"], args.repeat, timeout=600)
         rows.append(("netstat-nat -n", small, netstat))
@@ -87,35 +115,47 @@ def main() -> int:
 
         fill_udp(state, box, args.flows - (small - base), seconds_max=120)
         big = count(ns)
-        print(f"table: {big} flows (full round)", flush=True)
+        print(f"table: {big} flows (full round)", file=sys.stderr, flush=True)
         tools = [
             ("cat /proc/net/nf_conntrack", ["cat", "/proc/net/nf_conntrack"]),
             ("conntrack -L", ["conntrack", "-L"]),
             ("natfleet summary --local", [*NATFLEET, "summary", "--local"]),
+            ("natfleet summary --local --jobs 1", [*NATFLEET, "summary", "--local", "--jobs", "1"]),
             ("natfleet local -n", [*NATFLEET, "local", "-n"]),
         ]
         for name, argv in tools:
             rows.append((name, big, measure(ns, argv, args.repeat, timeout=600)))
             print(f"  {name}: {rows[-1][2]['seconds']:.3f} s", file=sys.stderr, flush=True)
+        _, big_boxes = fleet_summary(env, hosts[:1], 1)
+        fleet["big_flows"] = big_boxes[0]["summary"]["flows"]
+        fleet["big_bytes"] = big_boxes[0]["transport"]["bytes_received"]
     finally:
         if not args.keep:
-            lab.down(log=lambda m: print(f"lab: {m}", file=sys.stderr))
+            lab.down(log=log)
 
     reference = next(r[2]["seconds"] for r in rows if r[0] == "conntrack -L")
-    print(f"\n{'tool':<28}{'flows':>9}{'seconds':>10}{'x conntrack -L':>16}{'peak RSS MB':>13}")
+    print(f"{'tool':<36}{'flows':>9}{'seconds':>10}{'x conntrack -L':>16}{'peak RSS MB':>13}")
     for name, flows, got in rows:
-        ratio = got["seconds"] / reference if flows == rows[-1][1] else float("nan")
+        ratio = f"{got['seconds'] / reference:.2f}" if flows == rows[-1][1] else "-"
         print(
-            f"{name:<28}{flows:>9}{got['seconds']:>10.3f}{ratio:>16.2f}"
-            f"{got['rss_kib'] / 1024:>13.1f}"
+            f"{name:<36}{flows:>9}{got['seconds']:>10.3f}{ratio:>16}{got['rss_kib'] / 1024:>13.1f}"
         )
     print(
-        f"\nnetstat-nat -n / natfleet local -n at {rows[0][1]} flows: "
-        f"{rows[0][2]['seconds'] / rows[1][2]['seconds']:.0f}x"
+        f"\nnetstat-nat -n takes {rows[0][2]['seconds'] / rows[1][2]['seconds']:.0f}x as long as "
+        f"natfleet local -n at {rows[0][1]} flows"
     )
     print(
-        f"measured {time.strftime('%Y-%m-%d %H:%M')} on this machine; goals: summary <= 1.5x, "
-        "listing <= 3x conntrack -L, summary peak RSS < 64 MB"
+        f"natfleet summary over SSH: 1 box {fleet['one']:.2f} s, {args.boxes} boxes "
+        f"{fleet['all']:.2f} s ({fleet['all'] / fleet['one']:.2f}x)"
+    )
+    print(
+        f"bytes back per box in summary mode: {fleet['small_bytes']} at {fleet['small_flows']} "
+        f"flows, {fleet['big_bytes']} at {fleet['big_flows']} flows"
+    )
+    print(
+        f"measured {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores; goals: summary "
+        "<= 1.5x and listing <= 3x conntrack -L, summary peak RSS < 64 MB, 20 boxes <= 1.5x "
+        "one box, < 16 KB back per box"
     )
     return 0
 

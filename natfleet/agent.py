@@ -15,6 +15,7 @@ import concurrent.futures
 import io
 import ipaddress
 import json
+import marshal
 import os
 import socket
 import subprocess
@@ -1074,12 +1075,16 @@ class Tally(object):
         self.malformed["examples"] = examples[:MALFORMED_EXAMPLES]
 
     def state(self):
+        """What this process counted, in plain values (marshal-able)."""
         return {"summary": self.summary.state(), "malformed": self.malformed}
 
 
 def workers_for(request, expected_flows):
     """How many processes a summary may use: one, unless the table is big, the machine has
-    cores to spare and this process has no other threads (fork is only safe then)."""
+    cores to spare and this process has no other threads (fork is only safe then).
+
+    Listings stay in one process: shipping every row back costs more than parsing it.
+    """
     if request.mode != "summary" or not hasattr(os, "fork"):
         return 1
     if request.jobs is not None:
@@ -1139,7 +1144,7 @@ def _scan_parallel(stream, tally, request, own, workers):
                         text = blocks.read(int(size)).decode("ascii", "replace")
                         mine.feed(int(first), _lines(text))
                 with os.fdopen(result_w, "wb") as out:
-                    out.write(json.dumps(mine.state()).encode("ascii"))
+                    marshal.dump(mine.state(), out)
                 status = 0
             finally:
                 os._exit(status)
@@ -1163,9 +1168,9 @@ def _scan_parallel(stream, tally, request, own, workers):
         if status != 0 or not data:
             failed += 1
             continue
-        tally.merge(json.loads(data.decode("ascii")))
+        tally.merge(marshal.loads(data))
     if failed:
-        raise AgentError("agent", "%d of %d summary workers failed" % (failed, workers))
+        raise AgentError("agent", "%d of %d scan workers failed" % (failed, workers))
     return lines
 
 
@@ -1213,35 +1218,33 @@ class Summary(object):
         if not self.flows % self.PRUNE_EVERY:
             self.prune()
 
+    def counters(self):
+        return self.sources, self.destinations, self.ports
+
     def prune(self):
-        for counter in (self.sources, self.destinations, self.ports):
+        for counter in self.counters():
             counter.prune()
 
     def state(self):
-        """Everything counted, as JSON-able lists (for merging across processes)."""
+        """Everything counted, in plain values (for merging across processes)."""
         self.prune()
         return {
             "flows": self.flows,
             "tcp_snat_established": self.tcp_snat_established,
-            "kinds": [list(k) + [n] for k, n in self.kinds.items()],
-            "counters": [
-                [[list(k) if isinstance(k, tuple) else k, n] for k, n in c.counts.items()]
-                + [c.error]
-                for c in (self.sources, self.destinations, self.ports)
-            ],
+            "kinds": self.kinds,
+            "counters": [(c.counts, c.error) for c in self.counters()],
         }
 
     def merge(self, state):
         """Add another Summary's :meth:`state`; dropped-count bounds add up."""
         self.flows += state["flows"]
         self.tcp_snat_established += state["tcp_snat_established"]
-        for pnum, st, nat, n in state["kinds"]:
-            key = (pnum, st, nat)
+        for key, n in state["kinds"].items():
             self.kinds[key] = self.kinds.get(key, 0) + n
-        for counter, pairs in zip((self.sources, self.destinations, self.ports), state["counters"]):
-            counter.error += pairs.pop()
-            for key, n in pairs:
-                counter.add(tuple(key) if isinstance(key, list) else key, n)
+        for counter, (counts, error) in zip(self.counters(), state["counters"]):
+            counter.error += error
+            for key, n in counts.items():
+                counter.add(key, n)
 
     def _by(self, index):
         out = {}

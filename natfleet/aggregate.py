@@ -183,5 +183,9 @@ def summary_json(results: Sequence[Outcome]) -> dict[str, Any]:
             boxes.append(error_record(result))
             continue
         answer = {k: v for k, v in result.answer.items() if k != "rows"}
-        boxes.append({"target": target_json(result.target), **answer})
+        transport = {
+            "seconds": round(result.seconds, 3),
+            "bytes_received": result.bytes_received,
+        }
+        boxes.append({"target": target_json(result.target), **answer, "transport": transport})
     return {"boxes": boxes, "total": fleet_total(results)}

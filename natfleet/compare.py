@@ -1,0 +1,509 @@
+"""NAT instances and NAT gateways side by side, in the same columns (logic only: no printing).
+
+A row per device from three sources: CloudWatch (``AWS/NATGateway``, ``AWS/EC2`` and a
+CloudWatch agent's connection count), the agent's live summary of each NAT instance
+(conntrack now), and the price list (estimates). Missing data stays None ("no data"), never 0;
+a column that means nothing for a kind is in :data:`NOT_APPLICABLE`.
+
+Example:
+    >>> window = Window.from_options("3h")
+    >>> metrics = fetch_metrics(sessions, devices, window)
+    >>> rows = compare_rows(devices, metrics, results, load_prices(), window)
+    >>> rows[0]["kind"], rows[0]["conns_now"], rows[0]["port_errors"]
+    ('instance', 4, 18)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import boto3
+
+from natfleet import aws, cloudwatch
+from natfleet.cloudwatch import MetricQuery
+from natfleet.config import Prices
+from natfleet.discovery import DEAD_STATES
+from natfleet.errors import NatfleetError
+from natfleet.models import Device, HostError, HostResult, MetricSeries
+
+Outcome = Union[HostResult, HostError]
+Metrics = Mapping[str, Mapping[str, MetricSeries]]  # resource id -> metric name -> series
+
+HOURS_PER_MONTH = 730
+MONTH_SECONDS = 30 * 86400  # a window's processed bytes are scaled to 30 days
+GATEWAY_CONNECTIONS_PER_ADDRESS = 55_000  # per destination (IP, port, protocol) and address
+# A NAT instance's connection count in CloudWatch, where a CloudWatch agent publishes it:
+# fck-nat's documented agent config (netstat tcp_established, renamed; dimension InstanceId).
+CWAGENT_NAMESPACE = "fck-nat"
+CWAGENT_CONNECTIONS = "ConnectionEstablishedCount"
+AGENT_REQUEST = {"mode": "summary", "top": 1}  # port_pressure[0] is all compare needs
+NOT_APPLICABLE = {
+    "gateway": frozenset({"table_fill_pct", "ena_exceeded"}),
+    "instance": frozenset({"gb_month"}),
+}
+# The series --plot draws, per kind: (panel, metric).
+PLOT_SERIES = {
+    "gateway": (
+        ("connections", "ActiveConnectionCount"),
+        ("bytes_out", "BytesOutToDestination"),
+        ("bytes_in", "BytesInFromDestination"),
+        ("drops", "PacketsDropCount"),
+        ("drops", "ErrorPortAllocation"),
+    ),
+    "instance": (
+        ("connections", CWAGENT_CONNECTIONS),
+        ("bytes_out", "NetworkOut"),
+        ("bytes_in", "NetworkIn"),
+    ),
+}
+PLOT_PANELS = (
+    ("connections", "active TCP connections"),
+    ("bytes_out", "bytes out per period"),
+    ("bytes_in", "bytes in per period"),
+    ("drops", "gateway drops / port errors"),
+)
+PLOT_HINT = "--plot needs matplotlib: pip install 'natfleet[plot]'"
+
+
+@dataclass(frozen=True)
+class Window:
+    """The CloudWatch window: ``start``/``end`` (UTC) and ``period`` seconds per point.
+
+    Example:
+        >>> w = Window.from_options("2024-05-01T10:00:00Z", "2024-05-01T11:00:00Z", "60")
+        >>> w.seconds, w.period
+        (3600.0, 60)
+    """
+
+    start: dt.datetime
+    end: dt.datetime
+    period: int
+
+    @classmethod
+    def from_options(
+        cls, since: str, until: Optional[str] = None, period: Optional[str] = None
+    ) -> Window:
+        """From ``--since --until --period`` (raises UsageError)."""
+        start = cloudwatch.parse_since(since)
+        end = cloudwatch.parse_time(until)
+        return cls(start, end, cloudwatch.parse_period(period) or cloudwatch.choose_period(start, end))
+
+    @property
+    def seconds(self) -> float:
+        """Length of the window aligned to whole periods (what CloudWatch sums over)."""
+        start, end = cloudwatch.align(self.start, self.end, self.period)
+        return (end - start).total_seconds()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "period": self.period,
+            "seconds": self.seconds,
+        }
+
+
+# --- CloudWatch ---------------------------------------------------------------------------
+
+
+def metric_queries(devices: Iterable[Device]) -> list[MetricQuery]:
+    """Every gateway metric, the EC2 metrics and the CloudWatch agent's connection count.
+
+    Example:
+        >>> [q.metric for q in metric_queries([Device("instance", "i-1", "us-east-1")])][-1]
+        'ConnectionEstablishedCount'
+    """
+    devices = list(devices)
+    gateways = [d.id for d in devices if d.kind == "gateway"]
+    types = {d.id: d.instance_type for d in devices if d.kind == "instance"}
+    agent = [
+        MetricQuery(CWAGENT_NAMESPACE, CWAGENT_CONNECTIONS, "Maximum", "InstanceId", iid)
+        for iid in types
+    ]
+    return cloudwatch.gateway_queries(gateways) + cloudwatch.instance_queries(types, types) + agent
+
+
+def fetch_metrics(
+    sessions: Mapping[Optional[str], boto3.Session], devices: Iterable[Device], window: Window
+) -> dict[str, dict[str, MetricSeries]]:
+    """``{device id: {metric: series}}`` for every device, one batch per (profile, region)."""
+    groups: dict[tuple[Optional[str], str], list[Device]] = defaultdict(list)
+    for device in devices:
+        if device.kind in ("instance", "gateway"):
+            groups[(device.profile, device.region)].append(device)
+    out: dict[str, dict[str, MetricSeries]] = {}
+    for (profile, region), members in groups.items():
+        cw = aws.client(sessions[profile], "cloudwatch", region)
+        queries = metric_queries(members)
+        out.update(
+            cloudwatch.by_resource(
+                cloudwatch.fetch(cw, queries, window.start, window.end, window.period)
+            )
+        )
+    return out
+
+
+# --- rows ---------------------------------------------------------------------------------
+
+
+def compare_rows(
+    devices: Sequence[Device],
+    metrics: Metrics,
+    results: Sequence[Outcome],
+    prices: Prices,
+    window: Window,
+) -> list[dict[str, Any]]:
+    """Instances (AWS discovery order), then boxes read but not found in AWS, then gateways.
+
+    Example:
+        >>> [r["kind"] for r in compare_rows(devices, metrics, results, Prices(), window)]
+        ['instance', 'instance', 'gateway']
+    """
+    instances = [d for d in devices if d.kind == "instance" and d.state not in DEAD_STATES]
+    matched, extra = match_results(instances, results)
+    rows = [
+        instance_row(d, metrics.get(d.id, {}), matched.get(d.id), prices, window)
+        for d in instances
+    ]
+    rows += [host_row(result, prices) for result in extra]
+    rows += [
+        gateway_row(d, metrics.get(d.id, {}), prices, window)
+        for d in devices
+        if d.kind == "gateway"
+    ]
+    return rows
+
+
+def match_results(
+    instances: Sequence[Device], results: Sequence[Outcome]
+) -> tuple[dict[str, Outcome], list[Outcome]]:
+    """Each result to its instance, by instance id, else by the address SSH used; the
+    results of boxes not found in AWS (``--host``, ``--local``) come back apart.
+
+    Example:
+        >>> matched, extra = match_results([Device("instance", "i-1", "r", private_ip="10.0.0.5")],
+        ...                                [HostResult(Target("nat-a", host="10.0.0.5"), {})])
+        >>> list(matched), extra
+        (['i-1'], [])
+    """
+    by_key: dict[str, str] = {}
+    for d in instances:
+        for key in (d.public_ip, d.private_ip, d.id):
+            if key:
+                by_key[key] = d.id
+    matched: dict[str, Outcome] = {}
+    extra: list[Outcome] = []
+    for result in results:
+        target = result.target
+        device_id = by_key.get(target.instance_id or "") or by_key.get(target.host)
+        if device_id and device_id not in matched:
+            matched[device_id] = result
+        else:
+            extra.append(result)
+    return matched, extra
+
+
+def instance_row(
+    device: Device,
+    series: Mapping[str, MetricSeries],
+    result: Optional[Outcome],
+    prices: Prices,
+    window: Window,
+) -> dict[str, Any]:
+    """One NAT instance: CloudWatch over the window, conntrack now, hourly cost by type.
+
+    Example:
+        >>> instance_row(Device("instance", "i-1", "us-east-1", instance_type="t4g.nano"),
+        ...              {}, None, Prices(), window)["monthly_cost"]
+        3.066
+    """
+    (cw,) = cloudwatch.instance_summary(_with_data(series, device.id), window.start, window.end)
+    row = _base(device.kind, device.id, device.name, device.region, device.instance_type)
+    row.update(
+        conns_peak=cloudwatch.series_max(series.get(CWAGENT_CONNECTIONS)),
+        bytes_out=cw["bytes_out"],
+        bytes_in=cw["bytes_in"],
+        packets_out=cw["packets_out"],
+        packets_in=cw["packets_in"],
+        **agent_columns(result),
+        **instance_cost(prices, device.instance_type),
+    )
+    if result is None:
+        row["error"] = "not read" + (f" (instance {device.state})" if device.state else "")
+    return row
+
+
+def host_row(result: Outcome, prices: Prices) -> dict[str, Any]:
+    """A box read over SSH (or locally) that AWS discovery did not find: no CloudWatch."""
+    target = result.target
+    key = target.instance_id or target.host or target.path or target.name
+    row = _base("instance", key, target.name, target.region or "", None)
+    row.update(agent_columns(result), **instance_cost(prices, None))
+    return row
+
+
+def gateway_row(
+    device: Device, series: Mapping[str, MetricSeries], prices: Prices, window: Window
+) -> dict[str, Any]:
+    """One NAT gateway: CloudWatch over the window, the 55,000 bound, hours + GB processed.
+
+    Example:
+        >>> gateway_row(Device("gateway", "nat-1", "us-east-1"), {}, Prices(), window)["cost_note"]
+        'no data'
+    """
+    (cw,) = cloudwatch.gateway_summary(_with_data(series, device.id), window.start, window.end)
+    active = series.get("ActiveConnectionCount")
+    peak = cw["peak_active_connections"]
+    processed = cloudwatch._add(cw["bytes_to_destination"], cw["bytes_from_destination"])
+    row = _base(device.kind, device.id, device.name, device.region, "nat-gateway")
+    row.update(
+        conns_now=active.values[-1] if active is not None and active.has_data else None,
+        conns_peak=peak,
+        bytes_out=cw["bytes_to_destination"],
+        bytes_in=cw["bytes_from_destination"],
+        packets_out=cw["packets_to_destination"],
+        packets_in=cw["packets_from_destination"],
+        drops=cw["packets_dropped"],
+        port_errors=cw["error_port_allocation"],
+        counters="window",
+        port_pressure_pct=gateway_port_bound(peak, gateway_address_count(device)),
+        port_pressure_bound=True,
+        **gateway_cost(prices, processed, window.seconds),
+    )
+    return row
+
+
+def agent_columns(result: Optional[Outcome]) -> dict[str, Any]:
+    """The live columns of a NAT instance from its agent summary (None: no answer).
+
+    ``drops`` is conntrack drop + early_drop and ``port_errors`` insert_failed, both since
+    boot; ``ena_exceeded`` sums the ENA ``*_allowance_exceeded`` counters.
+
+    Example:
+        >>> agent_columns(HostResult(target, handle({"mode": "summary"}, fixture)))["drops"]
+        5
+    """
+    columns: dict[str, Any] = {
+        "conns_now": None,
+        "drops": None,
+        "port_errors": None,
+        "ena_exceeded": None,
+        "table_fill_pct": None,
+        "port_pressure_pct": None,
+        "counters": "since boot",
+        "conntrack": None,
+        "ena": None,
+    }
+    if isinstance(result, HostError):
+        columns["error"] = f"{result.kind}: {result.message}"
+    if not isinstance(result, HostResult):
+        return columns
+    answer, summary = result.answer, result.summary
+    stats = answer.get("stats") or {}
+    columns.update(
+        conns_now=summary.get("tcp_snat_established"),
+        drops=_known_sum(stats.get(k) for k in ("drop", "early_drop")),
+        port_errors=stats.get("insert_failed"),
+        ena_exceeded=ena_exceeded(answer.get("ena")),
+        table_fill_pct=summary.get("fill_pct"),
+        port_pressure_pct=instance_port_pressure(summary),
+        conntrack={k: stats.get(k) for k in ("drop", "insert_failed", "early_drop")}
+        if stats
+        else None,
+        ena=answer.get("ena") or None,
+    )
+    return columns
+
+
+def ena_exceeded(ena: Optional[Mapping[str, Mapping[str, int]]]) -> Optional[int]:
+    """Sum of every ``*_allowance_exceeded`` counter over the ENA interfaces; None without.
+
+    Example:
+        >>> ena_exceeded({"eth0": {"pps_allowance_exceeded": 2,
+        ...                        "conntrack_allowance_available": 900}})
+        2
+    """
+    values = [
+        v
+        for counters in (ena or {}).values()
+        for k, v in counters.items()
+        if k.endswith("_exceeded")
+    ]
+    return sum(values) if values else None
+
+
+def instance_port_pressure(summary: Mapping[str, Any]) -> Optional[float]:
+    """The worst (NAT address, destination) share of the port range, in %; 0.0 when the
+    range is known and nothing is translated, None when unknown.
+
+    Example:
+        >>> instance_port_pressure({"port_range_size": 28232, "port_pressure": [{"pct": 0.01}]})
+        0.01
+    """
+    pressure = summary.get("port_pressure") or []
+    if pressure:
+        return pressure[0].get("pct")
+    return 0.0 if summary.get("port_range_size") else None
+
+
+def gateway_address_count(device: Device) -> int:
+    """IPv4 addresses the gateway translates to: its Elastic IPs (each entry of a public
+    gateway also lists its private IP), else its private IPs; at least 1.
+
+    Example:
+        >>> gateway_address_count(Device("gateway", "nat-1", "r", public_ip="198.51.100.200",
+        ...                              addresses=["198.51.100.200", "10.0.0.9"]))
+        1
+    """
+    count = len(device.addresses)
+    return max(1, count // 2 if device.public_ip else count)
+
+
+def gateway_port_bound(peak: Optional[float], addresses: int) -> Optional[float]:
+    """Peak ActiveConnectionCount / (55,000 x addresses) in %: an UPPER bound on the use of
+    the per-destination limit (CloudWatch has no per-destination count).
+
+    Example:
+        >>> gateway_port_bound(11_000, 2)
+        10.0
+    """
+    if peak is None:
+        return None
+    return 100.0 * peak / (GATEWAY_CONNECTIONS_PER_ADDRESS * addresses)
+
+
+def instance_cost(prices: Prices, instance_type: Optional[str]) -> dict[str, Any]:
+    """``{"monthly_cost", "cost_note", ...}``: hourly price x 730; 'no price' for a type the
+    price list does not have (never 0).
+
+    Example:
+        >>> instance_cost(Prices(), "t4g.nano")["monthly_cost"]
+        3.066
+    """
+    cost = prices.instance_cost(instance_type, HOURS_PER_MONTH)
+    return {
+        "gb_month": None,
+        "monthly_cost": cost,
+        "currency": prices.currency,
+        "cost_note": "" if cost is not None else "no price",
+    }
+
+
+def gateway_cost(prices: Prices, processed: Optional[float], seconds: float) -> dict[str, Any]:
+    """Gateway-hours x 730 plus GB processed, the window's bytes scaled to 30 days;
+    'no data' (not the hourly part alone) when CloudWatch has no bytes.
+
+    Example:
+        >>> gateway_cost(Prices(), 1.2e9, 3600)["monthly_cost"]   # 864 GB a month
+        71.73
+    """
+    if processed is None or seconds <= 0:
+        return {
+            "gb_month": None,
+            "monthly_cost": None,
+            "currency": prices.currency,
+            "cost_note": "no data",
+        }
+    month_bytes = processed * MONTH_SECONDS / seconds
+    return {
+        "gb_month": month_bytes / 1e9,
+        "monthly_cost": prices.gateway_cost(HOURS_PER_MONTH, month_bytes),
+        "currency": prices.currency,
+        "cost_note": "",
+    }
+
+
+def prices_json(prices: Prices) -> dict[str, Any]:
+    """Where the prices came from, for the output (``file`` None: built-in defaults)."""
+    return {
+        "file": str(prices.path) if prices.path else None,
+        "region": prices.region,
+        "currency": prices.currency,
+        "estimate": prices.estimate,
+        "hours_per_month": HOURS_PER_MONTH,
+        "nat_gateway_hourly": prices.nat_gateway_hourly,
+        "nat_gateway_per_gb": prices.nat_gateway_per_gb,
+    }
+
+
+def _base(
+    kind: str, device_id: str, name: str, region: str, device_type: Optional[str]
+) -> dict[str, Any]:
+    label = f"{name} ({device_id})" if name and name != device_id else device_id
+    return {
+        "kind": kind,
+        "id": device_id,
+        "name": name,
+        "label": label,
+        "region": region,
+        "type": device_type,
+        "port_pressure_bound": False,
+        "error": "",
+    }
+
+
+def _with_data(series: Mapping[str, MetricSeries], resource_id: str) -> list[MetricSeries]:
+    """The device's series, or one empty series so that the summaries still give a row."""
+    return list(series.values()) or [MetricSeries(resource_id, "", "")]
+
+
+def _known_sum(values: Iterable[Optional[float]]) -> Optional[float]:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+# --- plot ---------------------------------------------------------------------------------
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend; NatfleetError when not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise NatfleetError(PLOT_HINT) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_plot(path: str, rows: Sequence[dict[str, Any]], metrics: Metrics, window: Window) -> None:
+    """Draw the compared series of every row over the window into ``path`` (PNG).
+
+    Instances' connections now (agent) are single points at the window's end.
+
+    Example:
+        >>> write_plot("compare.png", rows, metrics, window)
+    """
+    plt = pyplot()
+    fig, axes = plt.subplots(len(PLOT_PANELS), 1, sharex=True, figsize=(11, 10))
+    panel = {name: ax for (name, _), ax in zip(PLOT_PANELS, axes)}
+    for row in rows:
+        series = metrics.get(row["id"], {})
+        for name, metric in PLOT_SERIES[row["kind"]]:
+            s = series.get(metric)
+            if s is not None and s.has_data:
+                panel[name].plot(s.timestamps, s.values, label=f"{row['label']} {metric}")
+        if row["kind"] == "instance" and row.get("conns_now") is not None:
+            label = f"{row['label']} TCP SNAT ESTABLISHED now"
+            panel["connections"].scatter([window.end], [row["conns_now"]], label=label)
+    for (_, title), ax in zip(PLOT_PANELS, axes):
+        ax.set_title(title, fontsize=10)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left")
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    axes[-1].set_xlim(window.start, window.end)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    try:
+        fig.savefig(Path(path))
+    except OSError as exc:
+        raise NatfleetError(f"cannot write the plot {path}: {exc.strerror or exc}") from exc
+    finally:
+        plt.close(fig)
