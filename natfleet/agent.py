@@ -1038,18 +1038,24 @@ def _lines(text):
 
 
 class Tally(object):
-    """What one pass over some lines found: a Summary or kept Flows, and the bad lines."""
+    """What one pass over some lines found: a Summary or kept Flows, and the bad lines.
 
-    def __init__(self, request, own):
+    ``project`` (list mode) turns each kept Flow into plain values (e.g. a sort key and a
+    rendered line), which is what lets a listing run in worker processes too.
+    """
+
+    def __init__(self, request, own, project=None):
         self.own = own
         self.summary = Summary(request.top) if request.mode == "summary" else None
         self.matches = request.matches
+        self.project = project
         self.kept = []
         self.malformed = {"count": 0, "examples": []}
 
     def feed(self, first, lines):
         """Parse, classify and count ``lines`` (numbered from ``first``)."""
         own, summary, matches, kept = self.own, self.summary, self.matches, self.kept
+        project = self.project
         for lineno, line in enumerate(lines, first):
             try:
                 fields = parse_fields(line)
@@ -1064,37 +1070,46 @@ class Tally(object):
             if summary is not None:
                 summary.add(fields, nat, line)
             elif matches(fields, nat):
-                kept.append(Flow(fields, nat, line))
+                flow = Flow(fields, nat, line)
+                kept.append(project(flow) if project else flow)
 
     def merge(self, state):
-        """Add another process's :meth:`state` (parallel summaries)."""
-        self.summary.merge(state["summary"])
+        """Add another process's :meth:`state`."""
+        if self.summary is not None:
+            self.summary.merge(state["summary"])
+        else:
+            self.kept.extend(state["kept"])
         self.malformed["count"] += state["malformed"]["count"]
         examples = self.malformed["examples"] + state["malformed"]["examples"]
         examples.sort(key=lambda ex: ex["line"])
         self.malformed["examples"] = examples[:MALFORMED_EXAMPLES]
 
     def state(self):
-        """What this process counted, in plain values (marshal-able)."""
-        return {"summary": self.summary.state(), "malformed": self.malformed}
+        """What this process found, in plain values (marshal-able)."""
+        if self.summary is not None:
+            return {"summary": self.summary.state(), "malformed": self.malformed}
+        return {"kept": self.kept, "malformed": self.malformed}
 
 
-def workers_for(request, expected_flows):
-    """How many processes a summary may use: one, unless the table is big, the machine has
+def workers_for(request, expected_flows, projected=False):
+    """How many processes a scan may use: one, unless the table is big, the machine has
     cores to spare and this process has no other threads (fork is only safe then).
 
-    Listings stay in one process: shipping every row back costs more than parsing it.
+    A listing goes parallel only when projected to plain values: shipping Flow objects
+    back costs more than parsing them.
     """
-    if request.mode != "summary" or not hasattr(os, "fork"):
+    if not hasattr(os, "fork") or (request.mode == "list" and not projected):
+        return 1
+    if threading.active_count() > 1:
         return 1
     if request.jobs is not None:
         return max(1, min(MAX_WORKERS, request.jobs))
-    if threading.active_count() > 1 or (expected_flows or 0) < PARALLEL_MIN_FLOWS:
+    if (expected_flows or 0) < PARALLEL_MIN_FLOWS:
         return 1
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
-def scan(request, sources, own=None, expected_flows=None):
+def scan(request, sources, own=None, expected_flows=None, project=None):
     """Walk the table once: (source name, kept Flows or a Summary, lines read, malformed).
 
     ``own`` is the box's own addresses (for local vs routed). In list mode the matching
@@ -1103,12 +1118,12 @@ def scan(request, sources, own=None, expected_flows=None):
     """
     own = frozenset(own or ())
     source, stream = open_table(sources)
-    tally = Tally(request, own)
+    tally = Tally(request, own, project)
     lines = 0
-    workers = workers_for(request, expected_flows)
+    workers = workers_for(request, expected_flows, project is not None)
     with stream:
         if workers > 1:
-            lines = _scan_parallel(stream, tally, request, own, workers)
+            lines = _scan_parallel(stream, tally, request, own, workers, project)
         else:
             for first, text in _blocks(stream):
                 block = _lines(text)
@@ -1118,7 +1133,7 @@ def scan(request, sources, own=None, expected_flows=None):
     return source, result, lines, tally.malformed
 
 
-def _scan_parallel(stream, tally, request, own, workers):
+def _scan_parallel(stream, tally, request, own, workers, project=None):
     """Deal blocks round-robin to forked workers over pipes; merge what they counted.
 
     Workers run at a lower priority (nice 10): on a NAT box the forwarding path comes first.
@@ -1137,11 +1152,11 @@ def _scan_parallel(stream, tally, request, own, workers):
                     os.close(w)
                     os.close(r)
                 os.nice(10)
-                mine = Tally(request, own)
+                mine = Tally(request, own, project)
                 with os.fdopen(block_r, "rb") as blocks:
                     for header in blocks:
                         first, size = header.split()
-                        text = blocks.read(int(size)).decode("ascii", "replace")
+                        text = blocks.read(int(size)).decode("utf-8", "surrogatepass")
                         mine.feed(int(first), _lines(text))
                 with os.fdopen(result_w, "wb") as out:
                     marshal.dump(mine.state(), out)
@@ -1154,7 +1169,7 @@ def _scan_parallel(stream, tally, request, own, workers):
     lines = 0
     try:
         for n, (first, text) in enumerate(_blocks(stream)):
-            data = text.encode("ascii", "replace")
+            data = text.encode("utf-8", "surrogatepass")
             _write_all(children[n % workers][1], b"%d %d\n" % (first, len(data)) + data)
             lines = first + text.count("\n") + (not text.endswith("\n")) - 1
     finally:
@@ -1303,11 +1318,13 @@ def resolve_names(addresses, budget):
     return names
 
 
-def run(request, sources):
+def run(request, sources, project=None):
     """Serve a validated Request: the answer dict minus rows, and the kept flows (list mode).
 
     Used in-process by ``natfleet local`` (which renders Flow objects directly) and by
-    :func:`handle` (which turns them into JSON rows).
+    :func:`handle` (which turns them into JSON rows). With ``project(flow) -> (sort key,
+    value)`` the listing is a sorted list of those pairs instead, and may use several
+    processes; names are not resolved then.
     """
     started = time.time()
     facts = host_facts(sources)
@@ -1322,7 +1339,7 @@ def run(request, sources):
         answer["warnings"].append(
             "the box's own addresses are unknown: connections to it show as routed"
         )
-    source, result, lines, malformed = scan(request, sources, own, facts["count"])
+    source, result, lines, malformed = scan(request, sources, own, facts["count"], project)
     answer["source"] = source
     answer["lines"] = lines
     answer["malformed"] = malformed
@@ -1337,11 +1354,11 @@ def run(request, sources):
         answer["summary"]["fill_pct"] = fill
     else:
         flows = result
-        flows.sort(key=sort_key(request.sort or "src"))
+        flows.sort(key=(lambda pair: pair[0]) if project else sort_key(request.sort or "src"))
         if request.limit is not None:
             flows = flows[: int(request.limit)]
         answer["matched"] = len(result)
-        if request.resolve:
+        if request.resolve and not project:
             addrs = set()
             for flow in flows:
                 addrs.update((flow.osrc, flow.odst, flow.rsrc, flow.rdst))

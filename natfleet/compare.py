@@ -25,6 +25,7 @@ from typing import Any, Optional, Union
 import boto3
 
 from natfleet import aws, cloudwatch
+from natfleet.aggregate import INCIDENT
 from natfleet.cloudwatch import MetricQuery
 from natfleet.config import Prices
 from natfleet.discovery import DEAD_STATES
@@ -41,7 +42,36 @@ GATEWAY_CONNECTIONS_PER_ADDRESS = 55_000  # per destination (IP, port, protocol)
 # fck-nat's documented agent config (netstat tcp_established, renamed; dimension InstanceId).
 CWAGENT_NAMESPACE = "fck-nat"
 CWAGENT_CONNECTIONS = "ConnectionEstablishedCount"
-AGENT_REQUEST = {"mode": "summary", "top": 1}  # port_pressure[0] is all compare needs
+AGENT_REQUEST = {"mode": "summary", "top": 1}
+# Every row has these keys (JSON and CSV), instances and gateways alike.
+ROW_KEYS = (
+    "kind",
+    "id",
+    "name",
+    "label",
+    "region",
+    "type",
+    "conns_now",
+    "conns_peak",
+    "bytes_out",
+    "bytes_in",
+    "packets_out",
+    "packets_in",
+    "drops",
+    "port_errors",
+    "counters",
+    "ena_exceeded",
+    "table_fill_pct",
+    "port_pressure_pct",
+    "port_pressure_bound",
+    "gb_month",
+    "monthly_cost",
+    "currency",
+    "cost_note",
+    "error",
+    "conntrack",
+    "ena",
+)  # port_pressure[0] is all compare needs
 NOT_APPLICABLE = {
     "gateway": frozenset({"table_fill_pct", "ena_exceeded"}),
     "instance": frozenset({"gb_month"}),
@@ -91,7 +121,9 @@ class Window:
         """From ``--since --until --period`` (raises UsageError)."""
         start = cloudwatch.parse_since(since)
         end = cloudwatch.parse_time(until)
-        return cls(start, end, cloudwatch.parse_period(period) or cloudwatch.choose_period(start, end))
+        return cls(
+            start, end, cloudwatch.parse_period(period) or cloudwatch.choose_period(start, end)
+        )
 
     @property
     def seconds(self) -> float:
@@ -167,8 +199,7 @@ def compare_rows(
     instances = [d for d in devices if d.kind == "instance" and d.state not in DEAD_STATES]
     matched, extra = match_results(instances, results)
     rows = [
-        instance_row(d, metrics.get(d.id, {}), matched.get(d.id), prices, window)
-        for d in instances
+        instance_row(d, metrics.get(d.id, {}), matched.get(d.id), prices, window) for d in instances
     ]
     rows += [host_row(result, prices) for result in extra]
     rows += [
@@ -286,38 +317,26 @@ def agent_columns(result: Optional[Outcome]) -> dict[str, Any]:
 
     Example:
         >>> agent_columns(HostResult(target, handle({"mode": "summary"}, fixture)))["drops"]
-        5
+        5.0
     """
-    columns: dict[str, Any] = {
-        "conns_now": None,
-        "drops": None,
-        "port_errors": None,
-        "ena_exceeded": None,
-        "table_fill_pct": None,
-        "port_pressure_pct": None,
-        "counters": "since boot",
-        "conntrack": None,
-        "ena": None,
-    }
+    scope = {"counters": "since boot"}
     if isinstance(result, HostError):
-        columns["error"] = f"{result.kind}: {result.message}"
-    if not isinstance(result, HostResult):
-        return columns
+        return {**scope, "error": f"{result.kind}: {result.message}"}
+    if result is None:
+        return scope
     answer, summary = result.answer, result.summary
     stats = answer.get("stats") or {}
-    columns.update(
-        conns_now=summary.get("tcp_snat_established"),
-        drops=_known_sum(stats.get(k) for k in ("drop", "early_drop")),
-        port_errors=stats.get("insert_failed"),
-        ena_exceeded=ena_exceeded(answer.get("ena")),
-        table_fill_pct=summary.get("fill_pct"),
-        port_pressure_pct=instance_port_pressure(summary),
-        conntrack={k: stats.get(k) for k in ("drop", "insert_failed", "early_drop")}
-        if stats
-        else None,
-        ena=answer.get("ena") or None,
-    )
-    return columns
+    return {
+        **scope,
+        "conns_now": summary.get("tcp_snat_established"),
+        "drops": cloudwatch._add(stats.get("drop"), stats.get("early_drop")),
+        "port_errors": stats.get("insert_failed"),
+        "ena_exceeded": ena_exceeded(answer.get("ena")),
+        "table_fill_pct": summary.get("fill_pct"),
+        "port_pressure_pct": instance_port_pressure(summary),
+        "conntrack": {k: stats.get(k) for k in INCIDENT} if stats else None,
+        "ena": answer.get("ena") or None,
+    }
 
 
 def ena_exceeded(ena: Optional[Mapping[str, Mapping[str, int]]]) -> Optional[int]:
@@ -434,27 +453,17 @@ def prices_json(prices: Prices) -> dict[str, Any]:
 def _base(
     kind: str, device_id: str, name: str, region: str, device_type: Optional[str]
 ) -> dict[str, Any]:
+    """A row with every key of :data:`ROW_KEYS`, unknown values None."""
+    row: dict[str, Any] = dict.fromkeys(ROW_KEYS)
     label = f"{name} ({device_id})" if name and name != device_id else device_id
-    return {
-        "kind": kind,
-        "id": device_id,
-        "name": name,
-        "label": label,
-        "region": region,
-        "type": device_type,
-        "port_pressure_bound": False,
-        "error": "",
-    }
+    row.update(kind=kind, id=device_id, name=name, label=label, region=region, type=device_type)
+    row.update(port_pressure_bound=False, error="")
+    return row
 
 
 def _with_data(series: Mapping[str, MetricSeries], resource_id: str) -> list[MetricSeries]:
     """The device's series, or one empty series so that the summaries still give a row."""
     return list(series.values()) or [MetricSeries(resource_id, "", "")]
-
-
-def _known_sum(values: Iterable[Optional[float]]) -> Optional[float]:
-    known = [v for v in values if v is not None]
-    return sum(known) if known else None
 
 
 # --- plot ---------------------------------------------------------------------------------

@@ -83,25 +83,32 @@ def netstat_header(style: NetstatStyle, host_width: int = 0) -> str:
     return "".join(cells)
 
 
+def netstat_row(
+    flow: Flow, style: NetstatStyle, label: Optional[str] = None, host_width: int = 0
+) -> str:
+    """One row of netstat-nat's fixed-width text (without the newline)."""
+    width = 41 if style.wide else 31
+    source, nat_host, dest = flow.shown()
+    proto = flow.proto
+    cells = [_cell(label, host_width)] if label is not None else []
+    cells.append(_cell(proto, 6))
+    cells.append(_cell(endpoint(source[0], source[1], proto, style), width))
+    if style.nat_host and not style.untranslated:
+        cells.append(_cell(endpoint(nat_host[0], nat_host[1], proto, style), width))
+    cells.append(_cell(endpoint(dest[0], dest[1], proto, style), width))
+    cells.append(flow.display_state())
+    return "".join(cells).rstrip()
+
+
 def netstat_lines(
     flows: Iterable[Flow], style: NetstatStyle, labels: Optional[Sequence[str]] = None
 ) -> Iterator[str]:
     """netstat-nat's fixed-width text: Proto 6, address columns 31 (41 with -x), State."""
-    width = 41 if style.wide else 31
     host_width = max([len(style.host_column or "")] + [len(x) for x in set(labels or ())]) + 1
     if style.header:
         yield netstat_header(style, host_width)
     for i, flow in enumerate(flows):
-        source, nat_host, dest = flow.shown()
-        proto = flow.proto
-        cells = [_cell(labels[i], host_width)] if labels is not None else []
-        cells.append(_cell(proto, 6))
-        cells.append(_cell(endpoint(source[0], source[1], proto, style), width))
-        if style.nat_host and not style.untranslated:
-            cells.append(_cell(endpoint(nat_host[0], nat_host[1], proto, style), width))
-        cells.append(_cell(endpoint(dest[0], dest[1], proto, style), width))
-        cells.append(flow.display_state())
-        yield "".join(cells).rstrip()
+        yield netstat_row(flow, style, labels[i] if labels is not None else None, host_width)
 
 
 FLOW_COLUMNS = ("proto", "nat", "source", "nat_host", "destination", "state", "timeout")

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 
 from natfleet import agent
@@ -20,7 +21,13 @@ from natfleet.commands.flowopts import (
     style_from_args,
 )
 from natfleet.errors import ExitCode, TableError, UsageError
-from natfleet.render import malformed_notes, write_flows
+from natfleet.render import (
+    malformed_notes,
+    netstat_header,
+    netstat_row,
+    write_flows,
+    write_lines,
+)
 
 EXAMPLES = """examples:
   sudo natfleet local -nN              every translation, with the NAT-host column
@@ -61,10 +68,10 @@ def sources_for(path: str | None) -> agent.LocalSources | agent.DumpSources:
     return agent.DumpSources(table_file=path)
 
 
-def serve(request: dict, sources: agent.LocalSources | agent.DumpSources):
+def serve(request: dict, sources: agent.LocalSources | agent.DumpSources, project=None):
     """Run the agent in-process; its errors become natfleet errors."""
     try:
-        return agent.run(agent.Request(request), sources)
+        return agent.run(agent.Request(request), sources, project)
     except agent.AgentError as exc:
         if exc.kind == "bad_request":
             raise UsageError(str(exc)) from None
@@ -73,11 +80,20 @@ def serve(request: dict, sources: agent.LocalSources | agent.DumpSources):
 
 def run(args: argparse.Namespace) -> int:
     request = request_from_args(args)
-    answer, flows = serve(request, sources_for(args.input))
     style = style_from_args(args)
-    style.names = answer.get("names") or {}
     out = sys.stdout
-    write_flows(out, args.format or "netstat", flows, style)
+    if (args.format or "netstat") == "netstat" and args.numeric:
+        # rows are rendered where they are parsed, so a big table can use several cores
+        key = agent.sort_key(args.sort or "src")
+        answer, pairs = serve(
+            request, sources_for(args.input), lambda f: (key(f), netstat_row(f, style))
+        )
+        lines = (pair[1] for pair in pairs)
+        write_lines(out, itertools.chain([netstat_header(style)] if style.header else [], lines))
+    else:
+        answer, flows = serve(request, sources_for(args.input))
+        style.names = answer.get("names") or {}
+        write_flows(out, args.format or "netstat", flows, style)
     for warning in answer.get("warnings") or ():
         print(f"natfleet: {warning}", file=sys.stderr)
     footer, details = malformed_notes(answer)

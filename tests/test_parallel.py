@@ -1,0 +1,69 @@
+"""Spreading a big table over worker processes gives exactly what one process gives."""
+
+from __future__ import annotations
+
+import pytest
+
+from natfleet import agent
+from natfleet.render import NetstatStyle, netstat_row
+from tests.conftest import DATA
+
+
+@pytest.fixture
+def table(tmp_path, monkeypatch):
+    """3,000+ real-shaped lines with malformed ones spread through, in many small blocks."""
+    monkeypatch.setattr(agent, "BLOCK_CHARS", 4096)
+    good = [p.read_text() for p in sorted((DATA / "lines").glob("*.txt"))]
+    bad = [
+        p.read_text(encoding="ascii", errors="replace")
+        for p in sorted((DATA / "malformed").glob("*.txt"))
+    ]
+    lines = []
+    for i in range(3000):
+        line = good[i % len(good)]
+        lines.append(line.replace("sport=40000", f"sport={10000 + i}"))
+        if i % 97 == 0:
+            lines.append(bad[(i // 97) % len(bad)])
+    path = tmp_path / "table.txt"
+    path.write_text("".join(lines))
+    return str(path)
+
+
+def test_parallel_summary_equals_one_process(table):
+    answers = [
+        agent.handle({"mode": "summary", "jobs": jobs}, agent.DumpSources(table_file=table))
+        for jobs in (1, 3)
+    ]
+    for answer in answers:
+        answer.pop("seconds")
+    one, three = answers
+    assert one["malformed"]["count"] == 31
+    assert one == three
+
+
+def test_parallel_listing_equals_one_process(table):
+    style = NetstatStyle(nat_host=True)
+    key = agent.sort_key("dst-port")
+
+    def project(flow):
+        return key(flow), netstat_row(flow, style)
+
+    results = []
+    for jobs in (1, 2):
+        request = agent.Request({"mode": "list", "jobs": jobs, "sort": "dst-port"})
+        answer, pairs = agent.run(request, agent.DumpSources(table_file=table), project)
+        results.append((answer["lines"], answer["malformed"], [p[1] for p in pairs]))
+    assert results[0] == results[1]
+    assert len(results[0][2]) > 1000
+
+
+def test_one_process_when_other_threads_run(monkeypatch):
+    request = agent.Request({"mode": "summary", "jobs": 4})
+    assert agent.workers_for(request, 10**6) == 4
+    monkeypatch.setattr(agent.threading, "active_count", lambda: 2)
+    assert agent.workers_for(request, 10**6) == 1
+
+
+def test_small_tables_and_unprojected_listings_stay_in_one_process():
+    assert agent.workers_for(agent.Request({"mode": "summary"}), 1000) == 1
+    assert agent.workers_for(agent.Request({"mode": "list"}), 10**6) == 1
