@@ -315,6 +315,16 @@ def by_resource(series: Iterable[MetricSeries]) -> dict[str, dict[str, MetricSer
     return out
 
 
+def window_seconds(start: dt.datetime, end: dt.datetime, period: int) -> float:
+    """The length of the window the series covers, once aligned to its period.
+
+    >>> window_seconds(dt.datetime(2024, 5, 1, 10, 0, 30), dt.datetime(2024, 5, 1, 11), 60)
+    3600.0
+    """
+    a_start, a_end = align(start, end, period) if period else (start, end)
+    return (a_end - a_start).total_seconds()
+
+
 def gateway_summary(
     series: Iterable[MetricSeries], start: dt.datetime, end: dt.datetime
 ) -> list[dict[str, Any]]:
@@ -329,9 +339,7 @@ def gateway_summary(
     for gw, metrics in by_resource(series).items():
         total = {m: series_sum(metrics.get(m)) for m, _ in NATGW_METRICS}
         active = metrics.get("ActiveConnectionCount")
-        period = active.period if active is not None else 0
-        a_start, a_end = align(start, end, period) if period else (start, end)
-        seconds = (a_end - a_start).total_seconds()
+        seconds = window_seconds(start, end, active.period if active is not None else 0)
         rows.append(
             {
                 "nat_gateway_id": gw,
@@ -375,9 +383,7 @@ def instance_summary(
     rows = []
     for iid, metrics in by_resource(series).items():
         total = {m: series_sum(metrics.get(m)) for m, _ in EC2_METRICS}
-        period = next(iter(metrics.values())).period
-        a_start, a_end = align(start, end, period) if period else (start, end)
-        seconds = (a_end - a_start).total_seconds()
+        seconds = window_seconds(start, end, next(iter(metrics.values())).period)
         credits = metrics.get("CPUCreditBalance")
         rows.append(
             {

@@ -50,6 +50,19 @@ def isolated_env(monkeypatch, tmp_path_factory):
     yield
 
 
+@pytest.fixture
+def session(monkeypatch):
+    """A boto3 session inside in-process moto (us-east-1, fake keys): never real AWS."""
+    from moto import mock_aws
+
+    from natfleet import aws
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        yield aws.make_session(region="us-east-1")
+
+
 def lab_missing() -> str:
     """Why the lab cannot run here, or '' when it can."""
     if os.geteuid() != 0:

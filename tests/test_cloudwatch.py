@@ -6,7 +6,6 @@ import datetime as dt
 
 import pytest
 from botocore.stub import ANY, Stubber
-from moto import mock_aws
 
 from natfleet import aws, cloudwatch
 from natfleet.cloudwatch import (
@@ -28,14 +27,6 @@ from natfleet.errors import UsageError
 UTC = dt.timezone.utc
 NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 REGION = "us-east-1"
-
-
-@pytest.fixture
-def session(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield aws.make_session(region=REGION)
 
 
 @pytest.fixture

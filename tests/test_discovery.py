@@ -19,7 +19,6 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.stub import Stubber
-from moto import mock_aws
 
 from natfleet import aws, discovery
 from natfleet.discovery import (
@@ -35,15 +34,6 @@ from natfleet.models import Device
 DATA = Path(__file__).parent / "data" / "aws"
 AMI = "ami-760aaa0f"  # Amazon Linux in moto
 REGION = "us-east-1"
-
-
-@pytest.fixture
-def session(monkeypatch):
-    """A session inside in-process moto with fake keys."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield aws.make_session(region=REGION)
 
 
 def _run(ec2, subnet: str, name: str, tags: dict[str, str] | None = None, **kw) -> dict:

@@ -15,6 +15,7 @@ from natfleet import aws, cloudwatch
 from natfleet.discovery import discover
 from natfleet.lab import aws as lab_aws
 from natfleet.lab.state import LabBox, LabState
+from natfleet.lab.topology import make_box
 
 COUNTERS = {
     "nflab-box1": {"rx_bytes": 6000, "tx_bytes": 5000, "rx_packets": 60, "tx_packets": 50},
@@ -24,15 +25,7 @@ COUNTERS = {
 
 
 def _box(i: int) -> LabBox:
-    return LabBox(
-        name=f"nflab-box{i}",
-        netns=f"nflab-box{i}",
-        mgmt_ip=f"198.19.255.{10 + i}",
-        public_ip=f"198.51.100.{10 + i}",
-        inside_ip=f"198.18.{i}.1",
-        inside_netns=f"nflab-in{i}",
-        inside_host_ip=f"198.18.{i}.10",
-    )
+    return make_box(i)
 
 
 @pytest.fixture
