@@ -142,9 +142,17 @@ def test_ssh_options_from_args(tmp_path):
     )
     assert options.accept_new_host_keys and options.known_hosts == str(tmp_path / "kh")
     assert (options.connect_timeout, options.command_timeout) == (4.0, 4.0)
-    defaults = ssh_options_from_args(_parse())
-    assert (defaults.connect_timeout, defaults.command_timeout) == (10.0, 20.0)
-    assert not defaults.accept_new_host_keys and _parse().parallel == 16
+    defaults = ssh_options_from_args(_parse())  # config/natfleet.toml's [ssh] values
+    assert (defaults.connect_timeout, defaults.command_timeout) == (10.0, 60.0)
+    assert not defaults.accept_new_host_keys and _parse().parallel is None
+    config = tmp_path / "natfleet.toml"
+    config.write_text('[ssh]\nuser = "ec2-user"\ncommand_timeout = 30\nconnect_timeout = 5\n')
+    configured = ssh_options_from_args(_parse("--config", str(config)))
+    assert (configured.user, configured.connect_timeout, configured.command_timeout) == (
+        "ec2-user",
+        5.0,
+        30.0,
+    )
     with pytest.raises(UsageError, match="no such key file"):
         ssh_options_from_args(_parse("-i", str(tmp_path / "nokey")))
     with pytest.raises(UsageError, match="--proxy-jump: bad host"):

@@ -18,10 +18,6 @@ from natfleet import targets as targets_mod
 from natfleet.errors import UsageError
 from natfleet.models import HostError, Target
 
-TIMEOUT = 20.0
-PARALLEL = 16
-CONNECT_TIMEOUT = 10.0
-
 
 def _positive(kind: type) -> Any:
     def parse(text: str) -> Any:
@@ -101,17 +97,15 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
     ssh.add_argument(
         "--timeout",
         type=_positive(float),
-        default=TIMEOUT,
         metavar="SECONDS",
-        help=f"per box, to run the agent (default: {TIMEOUT:g}); connecting gets at most "
-        f"{CONNECT_TIMEOUT:g} s more",
+        help="per box, to run the agent (default: config [ssh] command_timeout, 60); "
+        "connecting gets at most [ssh] connect_timeout (10) more",
     )
     ssh.add_argument(
         "--parallel",
         type=_positive(int),
-        default=PARALLEL,
         metavar="N",
-        help=f"boxes read at the same time (default: {PARALLEL})",
+        help="boxes read at the same time (default: config [ssh] parallel, 32)",
     )
     try:
         from natfleet.commands.awsopts import add_aws_options
@@ -146,6 +140,13 @@ def targets_from_args(args: argparse.Namespace) -> list[Target]:
     return found + [error.target for error in errors]
 
 
+def ssh_defaults(args: argparse.Namespace) -> Any:
+    """The ``[ssh]`` section of the configuration (``--config``, $NATFLEET_CONFIG, ...)."""
+    from natfleet.config import load_config
+
+    return load_config(getattr(args, "config", None)).ssh
+
+
 def ssh_options_from_args(args: argparse.Namespace) -> Any:
     """An ``SshOptions`` from the options (checks that -i and --ssh-config files exist)."""
     from natfleet.ssh import SshOptions  # paramiko only when SSH is used
@@ -158,15 +159,17 @@ def ssh_options_from_args(args: argparse.Namespace) -> Any:
     if args.proxy_jump:
         for spec in args.proxy_jump.split(","):
             targets_mod.split_host_spec(spec, where="--proxy-jump")
+    defaults = ssh_defaults(args)
+    timeout = args.timeout or defaults.command_timeout
     return SshOptions(
         ssh_config=args.ssh_config,
-        user=args.ssh_user,
+        user=args.ssh_user or defaults.user or None,
         identity_files=tuple(args.identity_file),
         proxy_jump=args.proxy_jump,
         known_hosts=args.known_hosts,
         accept_new_host_keys=args.accept_new_host_keys,
-        connect_timeout=min(CONNECT_TIMEOUT, args.timeout),
-        command_timeout=args.timeout,
+        connect_timeout=min(defaults.connect_timeout, timeout),
+        command_timeout=timeout,
         debug=bool(getattr(args, "debug", False)),
     )
 
@@ -187,5 +190,6 @@ def run_from_args(args: argparse.Namespace, request: dict[str, Any]) -> list[Any
         from natfleet.ssh import SshConnector
 
         connector = SshConnector(ssh_options_from_args(args))
-    results = run_fleet(found, request, connector, parallel=args.parallel, progress=tty_progress())
+    parallel = args.parallel or ssh_defaults(args).parallel
+    results = run_fleet(found, request, connector, parallel=parallel, progress=tty_progress())
     return [*results, *errors]
