@@ -47,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="natfleet",
         description="show xlate for a fleet of Linux NAT boxes: every translation on every NAT "
         "instance (conntrack over SSH) and NAT gateway metrics (CloudWatch), in one table.",
-        epilog="examples:\n  natfleet lab up && natfleet summary\n  natfleet local -nN\n"
-        "  natfleet conns --tag Role=nat -p tcp -S\n  natfleet compare --since 3h",
+        epilog="examples:\n  natfleet summary                     every NAT instance found in AWS\n"
+        "  natfleet conns -n --tag Role=nat -p tcp -S\n"
+        "  sudo natfleet local -nN              this box, like netstat-nat -nN\n"
+        "  natfleet compare --since 3h          NAT instances next to NAT gateways\n"
+        '  eval "$(sudo natfleet lab up)"       a local lab to try it all on\n'
+        "exit codes: 0 every target answered, 1 error, 2 usage, 3 some targets failed",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"natfleet {__version__}")

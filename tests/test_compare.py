@@ -22,7 +22,7 @@ from natfleet.cli import main
 from natfleet.commands import compare as compare_cmd
 from natfleet.config import Prices
 from natfleet.lab import aws as lab_aws
-from natfleet.lab.state import LabBox
+from natfleet.lab.state import MOTO_CREDENTIALS, LabBox
 from natfleet.models import Device, HostError, HostResult, MetricSeries, Target
 from tests.conftest import DATA
 
@@ -118,9 +118,8 @@ def put(cw, namespace: str, dimension: str, resource: str, series: dict) -> None
 @pytest.fixture
 def world(monkeypatch):
     """moto with NAT instance A (t4g.nano, answers), B (unpriced, SSH fails), a gateway."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    for key, value in {**MOTO_CREDENTIALS, "AWS_DEFAULT_REGION": REGION}.items():
+        monkeypatch.setenv(key, value)
     with mock_aws():
         import boto3
 
