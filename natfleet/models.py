@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from natfleet.text import printable
+
 
 @dataclass(frozen=True)
 class Target:
@@ -31,10 +33,11 @@ class Target:
 
     @property
     def label(self) -> str:
-        """What a table shows in its first column: ``Name (i-0abc)`` or the host."""
+        """What a table shows in its first column: ``Name (i-0abc)`` or the host, with
+        anything unprintable in a (possibly hostile) name escaped."""
         if self.instance_id and self.name and self.name != self.instance_id:
-            return f"{self.name} ({self.instance_id})"
-        return self.name or self.instance_id or self.host
+            return printable(f"{self.name} ({self.instance_id})")
+        return printable(self.name or self.instance_id or self.host)
 
 
 @dataclass

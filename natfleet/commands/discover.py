@@ -19,6 +19,7 @@ from tabulate import tabulate
 from natfleet.commands.awsopts import add_aws_options, devices_from_args
 from natfleet.errors import ExitCode
 from natfleet.models import Device
+from natfleet.text import printable
 
 EXAMPLES = """\
 examples:
@@ -85,20 +86,11 @@ def as_csv(devices: Sequence[Device]) -> str:
 
 def as_table(devices: Sequence[Device]) -> str:
     """A tabulate table; names are made safe to print (no control or bidi characters)."""
-    rows = [[printable(_plain(getattr(d, key), "\n")) for key, _ in COLUMNS] for d in devices]
+    rows = [
+        [printable(_plain(getattr(d, key), "\n"), newlines=True) for key, _ in COLUMNS]
+        for d in devices
+    ]
     return tabulate(rows, headers=[h for _, h in COLUMNS], tablefmt="simple") + "\n"
-
-
-def printable(text: str) -> str:
-    """``text`` with unprintable characters (controls, bidi overrides) escaped.
-
-    Example:
-        >>> printable("evil\\u202egnp.exe")
-        'evil\\\\u202egnp.exe'
-    """
-    return "".join(
-        c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode() for c in text
-    )
 
 
 def _plain(value: object, sep: str) -> str:

@@ -19,10 +19,10 @@ from typing import Any, Optional
 from tabulate import tabulate
 
 from natfleet.commands.awsopts import add_aws_options, devices_from_args, sessions_from_args
-from natfleet.commands.discover import printable
 from natfleet.errors import ExitCode
 from natfleet.models import Device
 from natfleet.render import NO_DATA, human, sparkline
+from natfleet.text import printable
 
 EXAMPLES = """\
 examples:
