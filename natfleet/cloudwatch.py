@@ -361,7 +361,7 @@ def gateway_summary(
                 "packets_from_destination": total["PacketsInFromDestination"],
                 "bytes_per_second_out": per_second(total["BytesOutToDestination"], seconds),
                 "bytes_per_second_in": per_second(total["BytesInFromDestination"], seconds),
-                "bytes_processed": _add(
+                "bytes_processed": add_known(
                     total["BytesInFromSource"], total["BytesInFromDestination"]
                 ),
                 "active_connections": list(active.values) if active is not None else [],
@@ -404,7 +404,12 @@ def instance_summary(
     return rows
 
 
-def _add(*values: Optional[float]) -> Optional[float]:
+def add_known(*values: Optional[float]) -> Optional[float]:
+    """The sum of the values that are known; None when none is (no data is not 0).
+
+    >>> add_known(1.0, None, 2.5), add_known(None, None)
+    (3.5, None)
+    """
     known = [v for v in values if v is not None]
     return math.fsum(known) if known else None
 

@@ -290,7 +290,7 @@ def gateway_row(
     (cw,) = cloudwatch.gateway_summary(_with_data(series, device.id), window.start, window.end)
     active = series.get("ActiveConnectionCount")
     peak = cw["peak_active_connections"]
-    processed = cloudwatch._add(cw["bytes_to_destination"], cw["bytes_from_destination"])
+    processed = cw["bytes_processed"]
     row = _base(device.kind, device.id, device.name, device.region, "nat-gateway")
     row.update(
         conns_now=active.values[-1] if active is not None and active.has_data else None,
@@ -329,7 +329,7 @@ def agent_columns(result: Optional[Outcome]) -> dict[str, Any]:
     return {
         **scope,
         "conns_now": summary.get("tcp_snat_established"),
-        "drops": cloudwatch._add(stats.get("drop"), stats.get("early_drop")),
+        "drops": cloudwatch.add_known(stats.get("drop"), stats.get("early_drop")),
         "port_errors": stats.get("insert_failed"),
         "ena_exceeded": ena_exceeded(answer.get("ena")),
         "table_fill_pct": summary.get("fill_pct"),

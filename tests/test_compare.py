@@ -38,6 +38,7 @@ WINDOW += ["--period", "60"]
 # Seeded series, a point a minute from BASE + 1 min (metric: values).
 GATEWAY_SERIES = {
     "ActiveConnectionCount": [100, 400, 250, 300],
+    "BytesInFromSource": [1e8, 1e8, 1e8, 1e8],
     "BytesOutToDestination": [1e8, 1e8, 1e8, 1e8],
     "BytesInFromDestination": [2e8, 2e8, 2e8, 2e8],
     "PacketsOutToDestination": [1000, 1000, 1000, 1000],
@@ -54,7 +55,8 @@ NAT_A_SERIES = {
 NAT_A_CWAGENT = [3, 7, 5]  # fck-nat ConnectionEstablishedCount
 NAT_B_SERIES = {"NetworkIn": [0, 0]}  # NetworkOut and the rest: no data
 
-# By hand: the gateway moved (4 x 1e8) + (4 x 2e8) = 1.2e9 bytes in 3,600 s, so
+# By hand: the gateway processed (bytes in from the sources, 4 x 1e8) + (bytes in from the
+# destinations, 4 x 2e8) = 1.2e9 bytes in 3,600 s, so
 # 1.2e9 x 720 = 864e9 bytes (864 GB) in 30 days; 0.045 x 730 + 0.045 x 864 = 32.85 + 38.88.
 GATEWAY_EXPECTED = {
     "conns_now": 300.0,  # the last point
@@ -162,7 +164,7 @@ def world(monkeypatch):
             ),
         ]
         # the SSH side: the same fleet path as `summary`, with the agent's real answers
-        monkeypatch.setattr(compare_cmd, "run_from_args", lambda args, request: results)
+        monkeypatch.setattr(compare_cmd, "run_from_args", lambda args, request, devices=None: results)
         yield {"nat_a": box.instance_id, "nat_b": nat_b, "gateway": gw}
 
 
@@ -375,7 +377,7 @@ def test_compare_in_the_lab(lab, monkeypatch, capsys):
     assert gateway["bytes_in"] == sum(expected["BytesInFromDestination"])
     assert gateway["port_errors"] == sum(expected["ErrorPortAllocation"])
     assert gateway["drops"] == sum(expected["PacketsDropCount"])
-    processed = sum(expected["BytesOutToDestination"]) + sum(expected["BytesInFromDestination"])
+    processed = sum(expected["BytesInFromSource"]) + sum(expected["BytesInFromDestination"])
     month = processed * 30 * 86400 / data["window"]["seconds"]
     assert gateway["monthly_cost"] == pytest.approx(0.045 * 730 + 0.045 * month / 1e9)
     assert gateway["port_pressure_pct"] == pytest.approx(100 * gateway["conns_peak"] / 55_000)

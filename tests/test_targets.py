@@ -108,7 +108,7 @@ def test_discovery_is_the_default(monkeypatch):
 
     calls = []
 
-    def fake_discover(args=None):
+    def fake_discover(args=None, devices=None):
         calls.append(args)
         stopped = Target(name="nat-b", host="", instance_id="i-0def")
         return [Target(name="nat-a", host="10.0.0.5", instance_id="i-0abc")], [

@@ -115,12 +115,18 @@ def devices_from_args(
 
 
 def targets_from_args(
-    args: argparse.Namespace, config: Optional[Config] = None
+    args: argparse.Namespace,
+    config: Optional[Config] = None,
+    devices: Optional[list[Device]] = None,
 ) -> tuple[list[Target], list[HostError]]:
-    """SSH targets for the NAT instances found, and errors for those without an address."""
-    config = config or config_from_args(args)
-    devices = devices_from_args(args, config, gateways=False)
+    """SSH targets for the NAT instances found (or among ``devices``, already discovered),
+    and errors for those without an address."""
     from natfleet.discovery import targets_and_errors
+
+    config = config or config_from_args(args)
+    if devices is None:
+        devices = devices_from_args(args, config, gateways=False)
+    devices = [d for d in devices if d.kind == "instance"]
 
     return targets_and_errors(devices, getattr(args, "address", None) or config.discovery.address)
 

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from natfleet.commands.awsopts import config_from_args, devices_from_args, sessions_from_args
-from natfleet.commands.discover import printable
 from natfleet.commands.gateways import add_time_options
 from natfleet.commands.report import exit_code, report_problems
 from natfleet.commands.targetopts import add_target_options, run_from_args
 from natfleet.config import Prices, load_prices
 from natfleet.errors import ExitCode
 from natfleet.render import NO_DATA, human, write_json, write_records
+from natfleet.text import printable
 
 EXAMPLES = """\
 examples:
@@ -38,8 +38,8 @@ columns (NAT instance | NAT gateway):
   fill         nf_conntrack_count / nf_conntrack_max | n/a
   port_use     busiest (NAT address, destination) share of ip_local_port_range |
                <= peak ActiveConnectionCount / (55,000 x addresses): an upper bound
-  per_month    hourly price x 730 | 730 gateway-hours + GB processed (bytes to and from
-               destinations in the window, scaled to 30 days); data transfer not included
+  per_month    hourly price x 730 | 730 gateway-hours + GB processed (BytesInFromSource +
+               BytesInFromDestination in the window, scaled to 30 days); transfer not included
 'no data' means CloudWatch or the agent gave nothing (never 0); 'no price' means the instance
 type is not in the price list. Prices are estimates: config/prices.toml (us-east-1) built in,
 [prices] file in the config or --prices FILE to override.
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         for d in devices_from_args(args, config, gateways=True)
         if d.kind != "gateway" or not args.nat_gateway_id or d.id in args.nat_gateway_id
     ]
-    results = run_from_args(args, compare.AGENT_REQUEST)
+    results = run_from_args(args, compare.AGENT_REQUEST, devices)
     metrics = compare.fetch_metrics(sessions_from_args(args), devices, window)
     rows = compare.compare_rows(devices, metrics, results, prices, window)
     if not rows:

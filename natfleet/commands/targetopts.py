@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import Any, Optional
 
 from natfleet import targets as targets_mod
 from natfleet.errors import UsageError
-from natfleet.models import HostError, Target
+from natfleet.models import Device, HostError, Target
 
 
 def _positive(kind: type) -> Any:
@@ -115,15 +115,16 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_targets_from_args(
-    args: argparse.Namespace,
+    args: argparse.Namespace, devices: Optional[list[Device]] = None
 ) -> tuple[list[Target], list[HostError]]:
-    """The targets named by the options, else AWS discovery: (reachable targets, errors for
-    discovered instances without an address). Raises UsageError."""
+    """The targets named by the options, else AWS discovery (or the NAT instances among
+    ``devices``, already discovered): (reachable targets, errors for discovered instances
+    without an address). Raises UsageError."""
 
     def discover() -> tuple[list[Target], list[HostError]]:
         from natfleet.commands import awsopts  # boto3 only when AWS is used
 
-        return awsopts.targets_from_args(args)
+        return awsopts.targets_from_args(args, devices=devices)
 
     return targets_mod.resolve_targets(
         hosts=args.host,
@@ -174,7 +175,9 @@ def ssh_options_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-def run_from_args(args: argparse.Namespace, request: dict[str, Any]) -> list[Any]:
+def run_from_args(
+    args: argparse.Namespace, request: dict[str, Any], devices: Optional[list[Device]] = None
+) -> list[Any]:
     """Targets from the options, then the request on all of them (progress on a TTY).
 
     Returns one HostResult or HostError per target, in target order; discovered instances
@@ -184,7 +187,7 @@ def run_from_args(args: argparse.Namespace, request: dict[str, Any]) -> list[Any
     """
     from natfleet.fleet import run_fleet, tty_progress
 
-    found, errors = resolve_targets_from_args(args)
+    found, errors = resolve_targets_from_args(args, devices)
     connector = None
     if any(t.kind == "ssh" for t in found):
         from natfleet.ssh import SshConnector
