@@ -25,12 +25,14 @@ from natfleet import lab  # noqa: E402
 from natfleet.lab.bench import fill_udp  # noqa: E402
 
 NATFLEET = [sys.executable, "-m", "natfleet"]
-# runs a command and prints its wall time and peak RSS (KiB) as JSON
+# runs a command under GNU time (its peak RSS, in KiB, is the command's own: a Python
+# wrapper's fork would count the wrapper too) and prints wall time and RSS as JSON
 MEASURE = (
-    "import json,resource,subprocess,sys,time;t=time.perf_counter();"
-    "r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL);"
-    "print(json.dumps({'seconds':time.perf_counter()-t,'rc':r.returncode,"
-    "'rss_kib':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
+    "import json,os,subprocess,sys,tempfile,time;f=tempfile.mktemp();t=time.perf_counter();"
+    "r=subprocess.run(['/usr/bin/time','-f','%M','-o',f]+sys.argv[1:],"
+    "stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL);s=time.perf_counter()-t;"
+    "m=int(open(f).read().split()[-1]);os.unlink(f);"
+    "print(json.dumps({'seconds':s,'rc':r.returncode,'rss_kib':m}))"
 )
 
 
@@ -79,6 +81,36 @@ def fleet_summary(env: dict, hosts: list[str], repeat: int) -> tuple[float, list
     return best, boxes
 
 
+def bare_ssh(env: dict, hosts: list[str], repeat: int) -> float:
+    """Best wall time of OpenSSH running ``python3 -c pass`` on every host at once: the
+    floor any SSH tool pays here, where every lab box shares this machine's cores."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                [
+                    "ssh",
+                    "-F",
+                    env["NATFLEET_SSH_CONFIG"],
+                    "-o",
+                    "BatchMode=yes",
+                    host,
+                    "python3",
+                    "-c",
+                    "pass",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            for host in hosts
+        ]
+        if any(p.wait(timeout=120) for p in procs):
+            raise SystemExit("bench: ssh to a lab box failed")
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flows", type=int, default=250_000, help="table size (default 250000)")
@@ -101,6 +133,8 @@ def main() -> int:
         hosts = [b.name for b in state.boxes]
         fleet["one"], small_boxes = fleet_summary(env, hosts[:1], args.repeat)
         fleet["all"], _ = fleet_summary(env, hosts, args.repeat)
+        fleet["bare_one"] = bare_ssh(env, hosts[:1], args.repeat)
+        fleet["bare_all"] = bare_ssh(env, hosts, args.repeat)
         fleet["small_flows"] = small_boxes[0]["summary"]["flows"]
         fleet["small_bytes"] = small_boxes[0]["transport"]["bytes_received"]
 
@@ -147,6 +181,11 @@ def main() -> int:
     print(
         f"natfleet summary over SSH: 1 box {fleet['one']:.2f} s, {args.boxes} boxes "
         f"{fleet['all']:.2f} s ({fleet['all'] / fleet['one']:.2f}x)"
+    )
+    print(
+        f"bare OpenSSH 'python3 -c pass': 1 box {fleet['bare_one']:.2f} s, {args.boxes} boxes "
+        f"{fleet['bare_all']:.2f} s ({fleet['bare_all'] / fleet['bare_one']:.2f}x): every lab "
+        f"box's sshd and python share these {os.cpu_count()} cores"
     )
     print(
         f"bytes back per box in summary mode: {fleet['small_bytes']} at {fleet['small_flows']} "
