@@ -18,8 +18,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, TextIO
 
-from tabulate import tabulate
-
 from natfleet.agent import Flow
 
 FORMATS = ("netstat", "table", "json", "csv")
@@ -198,8 +196,20 @@ def write_records(
             writer.writerow({k: _csv_value(record.get(k)) for k in columns})
     else:
         rows = [[_table_value(record.get(k)) for k in columns] for record in records]
-        out.write(tabulate(rows, headers=list(columns), tablefmt="simple", disable_numparse=True))
-        out.write("\n")
+        out.write(table_text(rows, list(columns)))
+
+
+def table_text(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    """A plain text table (tabulate's "simple" style, values as given), ending in a newline.
+
+    >>> print(table_text([["nat-a", "3"]], ["host", "flows"]), end="")
+    host    flows
+    ------  -------
+    nat-a   3
+    """
+    from tabulate import tabulate  # imported on first use: it is slow to import
+
+    return tabulate(rows, headers=list(headers), tablefmt="simple", disable_numparse=True) + "\n"
 
 
 def _csv_value(value: Any) -> Any:

@@ -14,11 +14,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-from tabulate import tabulate
-
 from natfleet.commands.awsopts import add_aws_options, devices_from_args
 from natfleet.errors import ExitCode
 from natfleet.models import Device
+from natfleet.render import table_text
 from natfleet.text import printable
 
 EXAMPLES = """\
@@ -90,7 +89,7 @@ def as_table(devices: Sequence[Device]) -> str:
         [printable(_plain(getattr(d, key), "\n"), newlines=True) for key, _ in COLUMNS]
         for d in devices
     ]
-    return tabulate(rows, headers=[h for _, h in COLUMNS], tablefmt="simple") + "\n"
+    return table_text(rows, [h for _, h in COLUMNS])
 
 
 def _plain(value: object, sep: str) -> str:

@@ -16,12 +16,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from tabulate import tabulate
-
 from natfleet.commands.awsopts import add_aws_options, devices_from_args, sessions_from_args
 from natfleet.errors import ExitCode
 from natfleet.models import Device
-from natfleet.render import NO_DATA, human, sparkline
+from natfleet.render import NO_DATA, human, sparkline, table_text
 from natfleet.text import printable
 
 EXAMPLES = """\
@@ -157,7 +155,7 @@ def as_table(rows: Sequence[dict[str, Any]]) -> str:
         ]
         for r in rows
     ]
-    return tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True) + "\n"
+    return table_text(table, headers)
 
 
 def as_json(rows: Sequence[dict[str, Any]]) -> str:
