@@ -250,3 +250,22 @@ def test_summary_memory_is_bounded_by_counter_capacity():
     assert len(counter.counts) <= 100
     assert counter.top(1) == [("203.0.113.5", 10_000)]
     assert counter.error >= 1
+
+
+def test_agent_is_stdlib_only_python_3_6_syntax():
+    """The agent runs on the box's own python3 (3.6+) with nothing installed."""
+    import ast
+    import sys
+
+    source = Path(agent.__file__).read_text()
+    tree = ast.parse(source, feature_version=(3, 6))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.module != "__future__", "__future__ imports need Python 3.7"
+            imported.add((node.module or "").split(".")[0])
+    assert imported and imported <= set(sys.stdlib_module_names), imported
+    newer_than_3_6 = {"dataclasses", "contextvars", "zoneinfo", "graphlib", "tomllib"}
+    assert imported.isdisjoint(newer_than_3_6)
