@@ -14,7 +14,7 @@ import pytest
 from natfleet import aws, cloudwatch
 from natfleet.discovery import discover
 from natfleet.lab import aws as lab_aws
-from natfleet.lab.state import LabBox, LabState
+from natfleet.lab.state import LabState, save_state
 from natfleet.lab.topology import make_box
 
 COUNTERS = {
@@ -24,15 +24,11 @@ COUNTERS = {
 }
 
 
-def _box(i: int) -> LabBox:
-    return make_box(i)
-
-
 @pytest.fixture
 def lab(tmp_path, monkeypatch):
     state = LabState(
         state_dir=str(tmp_path),
-        boxes=[_box(i) for i in (1, 2, 3)],
+        boxes=[make_box(i) for i in (1, 2, 3)],
         ssh_config=str(tmp_path / "ssh_config"),
         known_hosts=str(tmp_path / "known_hosts"),
         key_file=str(tmp_path / "key"),
@@ -124,3 +120,25 @@ def test_parse_counters_and_spread():
     assert lab_aws.spread(100, 4) == [10, 20, 30, 40]
     assert sum(lab_aws.spread(12345, 60)) == 12345
     assert lab_aws.spread(0, 3) == [0, 0, 0]
+
+
+def test_publish_loop_publishes_each_round_until_the_lab_is_gone(tmp_path, monkeypatch):
+    state = LabState(
+        state_dir=str(tmp_path),
+        boxes=[make_box(1)],
+        ssh_config="",
+        known_hosts="",
+        key_file="",
+    )
+    save_state(state)
+    rounds = []
+
+    def publish(loaded, since_minutes):
+        rounds.append((loaded.boxes[0].name, since_minutes))
+        if len(rounds) == 3:  # `natfleet lab down` removes the state
+            (tmp_path / "state.json").unlink()
+
+    monkeypatch.setattr(lab_aws, "publish_metrics", publish)
+    monkeypatch.setattr(lab_aws.time, "sleep", lambda seconds: None)
+    lab_aws.publish_loop(str(tmp_path), every=60)
+    assert rounds == [("nflab-box1", 1)] * 3

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -38,6 +39,7 @@ from natfleet.lab.system import (
     netns_list,
     recorded_pids,
     run,
+    spawn,
     stop_pids,
 )
 
@@ -193,7 +195,10 @@ def _seed_aws(state: LabState, log: Log) -> None:
     result = aws.seed(state)
     if isinstance(result, dict):
         state.aws = result
-    log(f"AWS API (moto): {state.aws.get('endpoint_url', 'not started')}")
+    folder = Path(state.state_dir)
+    publisher = [sys.executable, "-m", "natfleet.lab.aws", str(folder)]
+    spawn(None, publisher, folder / "metrics.log", folder, state.lifetime)
+    log(f"AWS API (moto): {state.aws.get('endpoint_url', 'not started')}, box metrics every minute")
 
 
 def down(state_dir: Optional[str] = None, log: Log = print) -> None:

@@ -392,3 +392,27 @@ def _points(
         {"MetricName": metric, "Dimensions": dimensions, "Timestamp": t, "Value": float(v)}
         for t, v in zip(times, values)
     ]
+
+
+PUBLISH_EVERY = 60  # seconds between two rounds of the lab's AWS/EC2 metrics
+
+
+def publish_loop(state_dir: str, every: float = PUBLISH_EVERY) -> None:
+    """Every ``every`` seconds, put each box's counter growth of the last minute into the
+    lab's moto server, so ``natfleet compare`` sees real, current instance traffic however
+    long the lab has been up. Stops when the lab is gone (the lab also bounds its lifetime).
+
+    Run by ``natfleet lab up`` as ``python3 -m natfleet.lab.aws STATE_DIR``.
+    """
+    from natfleet.lab.state import load_state
+
+    while True:
+        time.sleep(every)
+        try:
+            publish_metrics(load_state(state_dir), since_minutes=1)
+        except (LabError, AwsError):
+            return  # the lab was taken down
+
+
+if __name__ == "__main__":
+    publish_loop(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else PUBLISH_EVERY)
