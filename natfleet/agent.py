@@ -758,6 +758,22 @@ def parse_stat(text):
     return totals
 
 
+def parse_conntrack_stats(text):
+    """Sum ``conntrack -S`` per-CPU lines (for boxes without /proc/net/stat/nf_conntrack).
+
+    >>> parse_conntrack_stats("cpu=0 found=0 insert_failed=2 drop=1\\n"
+    ...     "cpu=1 found=0 insert_failed=3 drop=0\\n")
+    {'found': 0, 'insert_failed': 5, 'drop': 1}
+    """
+    totals = {}
+    for line in (text or "").splitlines():
+        for field in line.split():
+            key, eq, value = field.partition("=")
+            if eq and key != "cpu" and value.isdigit():
+                totals[key] = totals.get(key, 0) + int(value)
+    return totals or None
+
+
 def parse_fib_trie(text):
     """The local IPv4 addresses (every interface and alias) from /proc/net/fib_trie.
 
@@ -836,7 +852,8 @@ def host_facts(sources):
         "hostname": hostname or None,
         "count": read_int(sources, COUNT_PATH),
         "max": read_int(sources, MAX_PATH),
-        "stats": parse_stat(sources.read(STAT_PATH)),
+        "stats": parse_stat(sources.read(STAT_PATH))
+        or parse_conntrack_stats(sources.command(("conntrack", "-S"))),
         "port_range": port_range,
         "addresses": parse_fib_trie(sources.read(FIB_TRIE_PATH))
         + parse_if_inet6(sources.read(IF_INET6_PATH)),

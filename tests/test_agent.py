@@ -269,3 +269,12 @@ def test_agent_is_stdlib_only_python_3_6_syntax():
     assert imported and imported <= set(sys.stdlib_module_names), imported
     newer_than_3_6 = {"dataclasses", "contextvars", "zoneinfo", "graphlib", "tomllib"}
     assert imported.isdisjoint(newer_than_3_6)
+
+
+def test_stats_fall_back_to_conntrack_dash_s():
+    text = (DATA / "conntrack-S.txt").read_text()
+    facts = agent.host_facts(agent.DumpSources({"$ conntrack -S": text}))
+    assert facts["stats"]["insert_failed"] == 7
+    assert facts["stats"]["drop"] == 2
+    assert facts["stats"]["early_drop"] == 1
+    assert agent.host_facts(agent.DumpSources())["stats"] is None  # unknown, not zero
