@@ -11,7 +11,6 @@ object (``LocalSources(root)`` for a live machine or a fixture folder, ``DumpSou
 captured texts), so parsers never open paths themselves.
 """
 
-import concurrent.futures
 import io
 import ipaddress
 import json
@@ -170,7 +169,7 @@ class LocalSources(object):
             proc = subprocess.Popen(
                 list(argv),
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,  # a line or two: its count, or why it failed
                 universal_newlines=True,
                 bufsize=1 << 20,
             )
@@ -196,7 +195,8 @@ class LocalSources(object):
 
 
 class _CommandLines(object):
-    """Iterates a command's stdout lines and reaps it (a context manager like a file)."""
+    """A command's stdout as a stream; on exit it is reaped, and a command that failed
+    raises AgentError with what it said (a failing ``conntrack -L`` is not an empty table)."""
 
     def __init__(self, proc):
         self.proc = proc
@@ -212,7 +212,14 @@ class _CommandLines(object):
 
     def __exit__(self, *exc):
         self.proc.stdout.close()
-        self.proc.wait()
+        said = self.proc.stderr.read().strip()
+        self.proc.stderr.close()
+        if self.proc.wait() != 0 and exc[0] is None:
+            kind = "permission" if "not permitted" in said.lower() else "no_table"
+            raise AgentError(
+                kind,
+                "%s failed (exit %d): %s" % (" ".join(self.proc.args), self.proc.returncode, said),
+            )
 
 
 class DumpSources(object):
@@ -233,8 +240,8 @@ class DumpSources(object):
 
     def open_lines(self, path):
         if path == TABLE_PROC and self.table_file is not None:
-            if self.table_file == "-":
-                return _Borrowed(sys.stdin)
+            if self.table_file == "-":  # bytes as they come, like a file: never a traceback
+                return _Borrowed(io.TextIOWrapper(sys.stdin.buffer, "ascii", "replace"))
             return open(self.table_file, "r", encoding="ascii", errors="replace")
         if path not in self.files:
             raise FileNotFoundError(path)
@@ -996,8 +1003,8 @@ def sort_key(name):
 
 class TopCounter(object):
     """Counts keys in bounded memory: exact up to ``capacity`` distinct keys, then keeps the
-    heaviest half and records the largest count it dropped (``error``: counts may be under
-    by at most that much).
+    heaviest half; ``error`` adds up the largest count dropped at each pruning, so every
+    count is under by at most ``error``.
 
     >>> c = TopCounter(4)
     >>> for key in "aabbbc":
@@ -1022,7 +1029,7 @@ class TopCounter(object):
         if len(counts) > self.capacity:
             keep = sorted(counts.items(), key=lambda kv: -kv[1])
             half = self.capacity // 2
-            self.error = max(self.error, keep[half][1])
+            self.error += keep[half][1]  # a dropped key may come back and be dropped again
             self.counts = dict(keep[:half])
 
     def top(self, n):
@@ -1315,24 +1322,46 @@ class Summary(object):
         }
 
 
+RESOLVER_THREADS = 16
+
+
 def resolve_names(addresses, budget):
-    """Reverse-resolve addresses within ``budget`` seconds in all; unresolved are left out."""
+    """Reverse-resolve addresses within ``budget`` seconds in all; unresolved are left out.
+
+    Lookups run on daemon threads, so one still blocked in the resolver when the budget is
+    spent delays neither the answer nor the agent's exit.
+    """
+    pending = sorted(set(a for a in addresses if a))
     names = {}
-    addresses = sorted(set(a for a in addresses if a))
-    if not addresses:
+    if not pending:
         return names
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(addresses)))
-    futures = dict((pool.submit(socket.gethostbyaddr, a), a) for a in addresses)
-    try:
-        for future in concurrent.futures.as_completed(futures, timeout=budget):
+    lock = threading.Lock()
+    done = threading.Event()
+    left = [len(pending)]
+
+    def work():
+        while True:
+            with lock:
+                if not pending:
+                    return
+                addr = pending.pop()
             try:
-                names[futures[future]] = future.result()[0]
-            except (OSError, socket.herror, socket.gaierror, UnicodeError):
-                continue
-    except concurrent.futures.TimeoutError:
-        pass  # budget spent: the rest print as numbers
-    pool.shutdown(wait=False)
-    return names
+                name = socket.gethostbyaddr(addr)[0]
+            except (OSError, UnicodeError):
+                name = None
+            with lock:
+                if name:
+                    names[addr] = name
+                left[0] -= 1
+                if not left[0]:
+                    done.set()
+
+    for _ in range(min(RESOLVER_THREADS, len(pending))):
+        threading.Thread(target=work, daemon=True).start()
+    done.wait(budget)
+    with lock:
+        del pending[:]  # budget spent: the rest print as numbers
+        return dict(names)
 
 
 def run(request, sources, project=None):

@@ -278,3 +278,73 @@ def test_stats_fall_back_to_conntrack_dash_s():
     assert facts["stats"]["drop"] == 2
     assert facts["stats"]["early_drop"] == 1
     assert agent.host_facts(agent.DumpSources())["stats"] is None  # unknown, not zero
+
+
+def test_top_counter_error_bounds_every_count():
+    import random
+
+    rng = random.Random(7)
+    for _ in range(200):
+        counter = agent.TopCounter(capacity=4)
+        truth: dict[str, int] = {}
+        for key in rng.choices("abcdefghij", k=rng.randrange(5, 60)):
+            counter.add(key)
+            truth[key] = truth.get(key, 0) + 1
+        for key, count in truth.items():
+            assert 0 <= count - counter.counts.get(key, 0) <= counter.error
+
+
+def test_failing_conntrack_command_is_an_error_not_an_empty_table(tmp_path, monkeypatch):
+    fake = tmp_path / "conntrack"
+    fake.write_text(
+        "#!/bin/sh\necho 'conntrack v1.4.7 (conntrack-tools): Operation failed: "
+        "Operation not permitted' >&2\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+
+    class NoProcTable(agent.LocalSources):
+        def exists(self, path):
+            return path != agent.TABLE_PROC and super().exists(path)
+
+    answer = agent.handle({"mode": "summary"}, NoProcTable("/"))
+    assert answer["ok"] is False
+    assert answer["error"]["kind"] == "permission"
+    assert "Operation not permitted" in answer["error"]["message"]
+
+
+def test_name_lookups_keep_to_their_budget_and_never_hold_the_exit():
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import socket, time\n"
+        "def slow(addr):\n"
+        "    time.sleep(2)\n"
+        "    return ('name', [], [addr])\n"
+        "socket.gethostbyaddr = slow\n"
+        "from natfleet import agent\n"
+        "addrs = ['198.51.100.%d' % i for i in range(64)]\n"
+        "assert agent.resolve_names(addrs, 0.3) == {}\n"
+    )
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+    assert time.monotonic() - started < 1.8  # not 64 lookups x 2 s / 16 threads
+
+
+def test_bytes_that_are_not_text_on_stdin_are_malformed_lines():
+    import os
+    import subprocess
+    import sys
+
+    good = (DATA / "lines" / "tcp-snat-assured.txt").read_bytes()
+    done = subprocess.run(
+        [sys.executable, "-m", "natfleet", "local", "-n", "--input", "-"],
+        input=good + b"ipv4 2 tcp 6 1 ESTABLISHED src=\xff\xfe dst=1.2.3.4\n" + good,
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"1 malformed conntrack line(s) skipped (of 3 read" in done.stdout
