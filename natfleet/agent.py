@@ -1075,6 +1075,7 @@ class Tally(object):
         self.project = project
         self.kept = []
         self.malformed = {"count": 0, "examples": []}
+        self.skipped = 0  # blank lines and conntrack's own count line: not table entries
 
     def feed(self, first, lines):
         """Parse, classify and count ``lines`` (numbered from ``first``)."""
@@ -1085,6 +1086,7 @@ class Tally(object):
                 fields = parse_fields(line)
             except Malformed:
                 if not line.strip() or _is_trailer(line):
+                    self.skipped += 1
                     continue
                 self.malformed["count"] += 1
                 if len(self.malformed["examples"]) < MALFORMED_EXAMPLES:
@@ -1103,6 +1105,7 @@ class Tally(object):
             self.summary.merge(state["summary"])
         else:
             self.kept.extend(state["kept"])
+        self.skipped += state["skipped"]
         self.malformed["count"] += state["malformed"]["count"]
         examples = self.malformed["examples"] + state["malformed"]["examples"]
         examples.sort(key=lambda ex: ex["line"])
@@ -1110,9 +1113,12 @@ class Tally(object):
 
     def state(self):
         """What this process found, in plain values (marshal-able)."""
+        found = {"malformed": self.malformed, "skipped": self.skipped}
         if self.summary is not None:
-            return {"summary": self.summary.state(), "malformed": self.malformed}
-        return {"kept": self.kept, "malformed": self.malformed}
+            found["summary"] = self.summary.state()
+        else:
+            found["kept"] = self.kept
+        return found
 
 
 def workers_for(request, expected_flows, projected=False):
@@ -1134,7 +1140,8 @@ def workers_for(request, expected_flows, projected=False):
 
 
 def scan(request, sources, own=None, expected_flows=None, project=None):
-    """Walk the table once: (source name, kept Flows or a Summary, lines read, malformed).
+    """Walk the table once: (source name, kept Flows or a Summary, table lines read (not
+    counting blank lines and conntrack's count line), malformed).
 
     ``own`` is the box's own addresses (for local vs routed). In list mode the matching
     flows are kept; in summary mode only counters, so memory does not grow with the table.
@@ -1154,7 +1161,7 @@ def scan(request, sources, own=None, expected_flows=None, project=None):
                 tally.feed(first, block)
                 lines = first + len(block) - 1
     result = tally.summary if tally.summary is not None else tally.kept
-    return source, result, lines, tally.malformed
+    return source, result, lines - tally.skipped, tally.malformed
 
 
 def _scan_parallel(stream, tally, request, own, workers, project=None):

@@ -162,3 +162,22 @@ def test_a_failed_target_is_a_row_and_exit_code_3(capsys):
     assert re.search(r"127.0.0.1:9 .*connect: connection refused by root@127.0.0.1:9", out.out)
     assert "TOTAL (1/2 boxes)" in out.out
     assert "natfleet: 127.0.0.1:9: connect: connection refused" in out.err
+
+
+def test_no_nat_instance_found_is_an_error_that_says_what_to_do(session, capsys):
+    assert main(["summary", "--region", "us-east-1"]) == 1
+    err = capsys.readouterr().err
+    assert "no NAT instances found" in err and "--host" in err
+
+
+def test_limit_and_top_must_be_positive(capsys):
+    for argv in (["local", "--limit", "-1"], ["summary", "--top", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert "must be more than 0" in capsys.readouterr().err
+
+
+def test_bad_protocol_is_a_usage_error_before_any_box_is_read(capsys):
+    assert main(["conns", "-n", "-p", "tcpx", "--host", "root@127.0.0.1:9"]) == 2
+    assert "unknown protocol 'tcpx'" in capsys.readouterr().err

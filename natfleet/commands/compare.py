@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         for d in devices_from_args(args, config, gateways=True)
         if d.kind != "gateway" or not args.nat_gateway_id or d.id in args.nat_gateway_id
     ]
-    results = run_from_args(args, compare.AGENT_REQUEST, devices)
+    results = run_from_args(args, compare.AGENT_REQUEST, devices, allow_empty=True)
     metrics = compare.fetch_metrics(sessions_from_args(args), devices, window)
     rows = compare.compare_rows(devices, metrics, results, prices, window)
     if not rows:

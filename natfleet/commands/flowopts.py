@@ -12,7 +12,8 @@ import ipaddress
 import socket
 from typing import Any
 
-from natfleet.agent import SORT_KEYS
+from natfleet.agent import SORT_KEYS, AgentError, Request
+from natfleet.commands.argtypes import positive
 from natfleet.errors import UsageError
 from natfleet.render import FORMATS, NetstatStyle
 
@@ -55,7 +56,9 @@ def add_flow_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-o", dest="no_header", action="store_true", help="no header line")
     g.add_argument("-N", dest="nat_host", action="store_true", help="show the NAT-host column")
     parser.add_argument("--format", choices=FORMATS, help="output format (default: netstat text)")
-    parser.add_argument("--limit", type=int, metavar="N", help="print at most N rows")
+    parser.add_argument(
+        "--limit", type=positive(int), metavar="N", help="print at most N rows (after sorting)"
+    )
 
 
 def _sort_key(value: str) -> str:
@@ -97,8 +100,9 @@ def host_networks(values: list[str] | None, flag: str) -> list[str]:
 
 
 def request_from_args(args: argparse.Namespace, mode: str = "list") -> dict[str, Any]:
-    """The agent request (docs/json.md) for these flags."""
-    return {
+    """The agent request (docs/json.md) for these flags, checked here (a bad ``-p`` is a
+    usage error before any box is contacted)."""
+    request = {
         "mode": mode,
         "filters": {
             "proto": args.proto,
@@ -110,6 +114,11 @@ def request_from_args(args: argparse.Namespace, mode: str = "list") -> dict[str,
         "limit": args.limit,
         "resolve": not args.numeric,
     }
+    try:
+        Request(request)
+    except AgentError as exc:
+        raise UsageError(str(exc)) from None
+    return request
 
 
 def style_from_args(args: argparse.Namespace) -> NetstatStyle:

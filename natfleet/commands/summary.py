@@ -17,6 +17,7 @@ from natfleet.aggregate import (
     summary_json,
     summary_record,
 )
+from natfleet.commands.argtypes import positive
 from natfleet.commands.report import exit_code, report_problems
 from natfleet.commands.targetopts import add_target_options, run_from_args
 from natfleet.models import HostResult
@@ -46,10 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--format", choices=("table", "json", "csv"), default="table", help="output format"
     )
-    parser.add_argument("--top", type=int, default=10, help="how many top talkers (default 10)")
+    parser.add_argument(
+        "--top", type=positive(int), default=10, help="how many top talkers (default 10)"
+    )
     parser.add_argument(
         "--jobs",
-        type=int,
+        type=positive(int),
         metavar="N",
         help="processes the agent may use on a box for a big table (default: one per core, "
         "up to 4, only above 50,000 flows; workers run at nice 10); 1 keeps it to one core",

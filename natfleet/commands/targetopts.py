@@ -15,21 +15,9 @@ import os
 from typing import Any, Optional
 
 from natfleet import targets as targets_mod
-from natfleet.errors import UsageError
+from natfleet.commands.argtypes import positive
+from natfleet.errors import NatfleetError, UsageError
 from natfleet.models import Device, HostError, Target
-
-
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-        return value
-
-    return parse
 
 
 def add_target_options(parser: argparse.ArgumentParser) -> None:
@@ -96,14 +84,14 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
     )
     ssh.add_argument(
         "--timeout",
-        type=_positive(float),
+        type=positive(float),
         metavar="SECONDS",
         help="per box, to run the agent (default: config [ssh] command_timeout, 60); "
         "connecting gets at most [ssh] connect_timeout (10) more",
     )
     ssh.add_argument(
         "--parallel",
-        type=_positive(int),
+        type=positive(int),
         metavar="N",
         help="boxes read at the same time (default: config [ssh] parallel, 32)",
     )
@@ -176,7 +164,10 @@ def ssh_options_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_from_args(
-    args: argparse.Namespace, request: dict[str, Any], devices: Optional[list[Device]] = None
+    args: argparse.Namespace,
+    request: dict[str, Any],
+    devices: Optional[list[Device]] = None,
+    allow_empty: bool = False,
 ) -> list[Any]:
     """Targets from the options, then the request on all of them (progress on a TTY).
 
@@ -188,6 +179,12 @@ def run_from_args(
     from natfleet.fleet import run_fleet, tty_progress
 
     found, errors = resolve_targets_from_args(args, devices)
+    if not found and not errors and not allow_empty:
+        raise NatfleetError(
+            "no NAT instances found (AWS discovery by tag, route table and source/dest "
+            "check: see 'natfleet discover'); name boxes with --host, --hosts-file, --local "
+            "or --input"
+        )
     connector = None
     if any(t.kind == "ssh" for t in found):
         from natfleet.ssh import SshConnector
