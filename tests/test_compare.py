@@ -164,9 +164,7 @@ def world(monkeypatch):
             ),
         ]
         # the SSH side: the same fleet path as `summary`, with the agent's real answers
-        monkeypatch.setattr(
-            compare_cmd, "run_from_args", lambda args, request, devices=None, allow_empty=False: results
-        )
+        monkeypatch.setattr(compare_cmd, "run_from_args", lambda *args, **kwargs: results)
         yield {"nat_a": box.instance_id, "nat_b": nat_b, "gateway": gw}
 
 
