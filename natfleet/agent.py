@@ -617,7 +617,8 @@ class Flow(object):
 
     @classmethod
     def from_json(cls, row):
-        """The inverse of :meth:`to_json`, for rows that came back from a remote agent.
+        """The inverse of :meth:`to_json`, for rows that came back from a remote agent;
+        raises Malformed (or KeyError, TypeError) on a row that is not one.
 
         >>> row = {"proto": "udp", "l3": "ipv4", "state": None, "nat": "snat", "flags": [],
         ...        "orig": {"src": "198.18.1.10", "dst": "203.0.113.53", "sport": 5353,
@@ -628,6 +629,8 @@ class Flow(object):
         ('198.51.100.11', '5353')
         """
         orig, reply = row["orig"], row["reply"]
+        for tup in (orig, reply):  # a box's answer is data: addresses must be addresses
+            tup["src"], tup["dst"] = canonical_address(tup["src"]), canonical_address(tup["dst"])
         osp, odp = _text(orig.get("sport")), _text(orig.get("dport"))
         rsp, rdp = _text(reply.get("sport")), _text(reply.get("dport"))
         if "id" in orig:

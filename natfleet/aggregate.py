@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
-from natfleet.agent import Flow, canonical_address, sort_key
+from natfleet.agent import Flow, Malformed, canonical_address, sort_key
 from natfleet.models import HostError, HostResult, Target
 
 Outcome = Union[HostResult, HostError]
@@ -37,7 +37,16 @@ def merge_flows(
         if isinstance(result, HostError):
             continue
         where = target_json(result.target)
-        pairs.extend((Flow.from_json(row), where) for row in result.rows)
+        bad = 0
+        for row in result.rows:
+            try:
+                pairs.append((Flow.from_json(row), where))
+            except (Malformed, KeyError, TypeError, AttributeError):
+                bad += 1
+        if bad:  # said on stderr by report_problems, never silently dropped
+            result.answer.setdefault("warnings", []).append(
+                f"{bad} row(s) in the box's answer were not valid rows and are not shown"
+            )
     key = sort_key(sort or "src")
     pairs.sort(key=lambda pair: key(pair[0]))
     return [p[0] for p in pairs], [p[1] for p in pairs]

@@ -23,6 +23,7 @@ from typing import IO, Any, Callable, Optional, Protocol, Union
 from natfleet import agent
 from natfleet.errors import NatfleetError
 from natfleet.models import HostError, HostResult, Target
+from natfleet.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +67,19 @@ def run_one(
         answer, received = _answer(target, request, connector)
     except NatfleetError as exc:
         kind = getattr(exc, "kind", "error")
-        return HostError(target, str(exc), kind=kind, seconds=time.monotonic() - started)
-    except OSError as exc:  # a --input file that vanished or cannot be read
-        message = f"cannot read {target.path or target.label}: {exc.strerror or exc}"
+        message = printable(str(exc))  # it may quote what a box said
+        return HostError(target, message, kind=kind, seconds=time.monotonic() - started)
+    except OSError as exc:
+        if target.kind != "file":
+            raise  # not an input file: a bug, reported as this host's row by _guarded
+        message = f"cannot read {target.path}: {exc.strerror or exc}"
         return HostError(target, message, kind="input", seconds=time.monotonic() - started)
     seconds = time.monotonic() - started
     if not answer.get("ok"):
         error = answer.get("error") or {}
         message = error.get("message") or "the agent answered ok: false without a message"
-        return HostError(target, message, kind=error.get("kind") or "agent", seconds=seconds)
+        kind = printable(str(error.get("kind") or "agent"))
+        return HostError(target, printable(str(message)), kind=kind, seconds=seconds)
     return HostResult(target, answer, seconds=seconds, bytes_received=received)
 
 

@@ -214,6 +214,15 @@ class _AcceptNew(_RefuseUnknown):
 
     def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
         path = self.hop.known_hosts
+        if os.path.exists(path) and not os.path.isfile(path):
+            # e.g. UserKnownHostsFile /dev/null: nothing would be recorded, so every key,
+            # a changed one included, would pass: refuse instead
+            raise target_error(
+                "hostkey",
+                f"unknown host key for {self.hop.where} ({key.get_name()} {key.fingerprint}) "
+                f"and {path} is not a file natfleet can record it in: give a known_hosts "
+                "file with --known-hosts",
+            )
         with _known_hosts_lock:  # another thread may have just recorded this host
             current = paramiko.HostKeys(path) if os.path.isfile(path) else paramiko.HostKeys()
             known = current.lookup(hostname)
@@ -302,7 +311,9 @@ class SshConnector:
         key_files = [os.path.expanduser(p) for p in self.options.identity_files]
         key_files += [os.path.expanduser(p) for p in conf.get("identityfile", [])]
         proxy_command = conf.get("proxycommand")
-        # StrictHostKeyChecking no/off is taken as accept-new: a changed key is always refused.
+        # ssh_config may ask for accept-new; "no"/"off" is never honoured (natfleet does not
+        # trust unknown keys unless told with --accept-new-host-keys), and a changed key is
+        # always refused.
         strict = str(conf.get("stricthostkeychecking", "yes")).lower()
         user_files = (conf.get("userknownhostsfile") or "").split()
         global_files = (conf.get("globalknownhostsfile") or "").split()
@@ -315,7 +326,7 @@ class SshConnector:
             system_known_hosts=os.path.expanduser(
                 global_files[0] if global_files else self.options.system_known_hosts
             ),
-            accept_new=self.options.accept_new_host_keys or strict in ("accept-new", "no", "off"),
+            accept_new=self.options.accept_new_host_keys or strict == "accept-new",
             key_files=[p for p in dict.fromkeys(key_files) if os.path.isfile(p)],
             identities_only=str(conf.get("identitiesonly", "no")).lower() == "yes",
             proxy_command=None if str(proxy_command).lower() == "none" else proxy_command,
@@ -444,7 +455,12 @@ class SshConnector:
                         ) from None
                 elif hop.proxy_command:
                     # paramiko runs it with shlex.split (no shell); host names are validated.
-                    sock = paramiko.ProxyCommand(hop.proxy_command)
+                    try:
+                        sock = paramiko.ProxyCommand(hop.proxy_command)
+                    except (OSError, paramiko.SSHException) as exc:
+                        raise target_error(
+                            "connect", f"ProxyCommand for {hop.where} did not start: {exc}"
+                        ) from None
                 clients.append(self._connect_hop(hop, sock, deadline, via))
         except BaseException:
             _close_all(clients)
@@ -561,6 +577,8 @@ class _Runner:
                 busy = True
             if (
                 channel.exit_status_ready()
+                # sshd may send the exit status before the last of the output: wait for EOF
+                and (channel.eof_received or channel.closed)
                 and not channel.recv_ready()
                 and not channel.recv_stderr_ready()
             ):

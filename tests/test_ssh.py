@@ -84,6 +84,12 @@ class FakeChannel:
     def exit_status_ready(self):
         return not self.hang
 
+    @property
+    def eof_received(self):  # the scripted command has written everything at once
+        return not self.hang
+
+    closed = False
+
     def recv_exit_status(self):
         return self.status
 
@@ -473,6 +479,26 @@ def test_real_accept_new_records_key(sshd, tmp_path):
     )
     strict = sshd.options(known_hosts=str(path))  # now known: strict checking passes
     assert isinstance(run_one(sshd.target(), REQUEST, SshConnector(strict)), HostResult)
+
+
+@pytest.mark.lab
+def test_real_ssh_config_cannot_turn_host_key_checking_off(sshd, tmp_path):
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile {tmp_path / 'kh'}\n"
+        f"  IdentityFile {sshd.key}\n"
+    )
+    options = sshd.options(ssh_config=str(config), known_hosts=str(tmp_path / "kh"))
+    result = run_one(sshd.target(), REQUEST, SshConnector(options))
+    assert result.kind == "hostkey" and "unknown host key" in result.message
+    assert not (tmp_path / "kh").exists()
+
+
+@pytest.mark.lab
+def test_real_accept_new_refuses_a_known_hosts_that_records_nothing(sshd):
+    options = sshd.options(known_hosts="/dev/null", accept_new_host_keys=True)
+    result = run_one(sshd.target(), REQUEST, SshConnector(options))
+    assert result.kind == "hostkey" and "not a file natfleet can record it in" in result.message
 
 
 @pytest.mark.lab

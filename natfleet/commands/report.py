@@ -14,6 +14,7 @@ from typing import Optional, TextIO
 from natfleet.errors import ExitCode
 from natfleet.models import HostError, HostResult
 from natfleet.render import malformed_notes
+from natfleet.text import printable
 
 
 def report_problems(
@@ -34,7 +35,7 @@ def report_problems(
             if footer_to is not None:
                 print(footer, file=footer_to)
         for warning in result.answer.get("warnings") or ():
-            print(f"natfleet: {label}: {warning}", file=sys.stderr)
+            print(f"natfleet: {label}: {printable(str(warning))}", file=sys.stderr)
 
 
 def exit_code(results: Sequence[HostResult | HostError]) -> int:
