@@ -319,3 +319,20 @@ def test_down_removes_everything_then_up_restores(lab):
         again = natfleet.lab.up(boxes=3, aws=bool(lab.aws), log=lambda _message: None)
         vars(lab).update(vars(again))  # the session fixture's object stays the one in use
     assert natfleet.lab.box_status(lab)[0]["sshd"]
+
+
+def test_down_removes_only_a_state_folder_the_lab_made(tmp_path):
+    from natfleet.lab import MARKER, remove_state_folder
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    said: list[str] = []
+    assert remove_state_folder(precious, said.append) is False
+    assert (precious / "notes.txt").read_text() == "mine"
+    assert "the lab did not make it" in said[0]
+    made = tmp_path / "lab"
+    made.mkdir()
+    (made / MARKER).touch()
+    assert remove_state_folder(made, said.append) is True
+    assert not made.exists()

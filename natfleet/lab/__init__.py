@@ -145,8 +145,12 @@ def up(
     return state
 
 
+MARKER = ".natfleet-lab"  # in every state folder the lab made: down removes no other
+
+
 def _build(count: int, folder: Path, lifetime: int, log: Log) -> LabState:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (folder / MARKER).touch()
     ssh_dir = folder / sshd.SSH_DIR
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     boxes = [topology.make_box(i) for i in range(1, count + 1)]
@@ -220,6 +224,16 @@ def down(state_dir: Optional[str] = None, log: Log = print) -> None:
     if topology.mgmt_bridge_exists():
         run(["ip", "link", "delete", topology.MGMT_BRIDGE])
         log(f"removed bridge {topology.MGMT_BRIDGE}")
-    if folder.exists():
+    remove_state_folder(folder, log)
+
+
+def remove_state_folder(folder: Path, log: Log = print) -> bool:
+    """Remove the lab's state folder, but only one the lab made (it has the marker file):
+    ``NATFLEET_LAB_DIR=/tmp natfleet lab down`` must not empty /tmp."""
+    if (folder / MARKER).is_file():
         shutil.rmtree(folder)
         log(f"removed {folder}")
+        return True
+    if folder.exists():
+        log(f"left {folder} alone: the lab did not make it (no {MARKER} in it)")
+    return False
