@@ -71,7 +71,6 @@ ENA_KEYS = (
     "pps_allowance_exceeded",
     "linklocal_allowance_exceeded",
 )
-INCIDENT_STATS = ("insert_failed", "drop", "early_drop")
 MALFORMED_EXAMPLES = 5
 COUNTER_CAPACITY = 20000
 
@@ -504,12 +503,8 @@ def nat_kind(fields, own):
     'routed'
     """
     pnum, _t, _s, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp = fields[:11]
-    if pnum in ICMP_PROTOS:
-        snat = rdst != osrc or rdp != osp
-        dnat = rsrc != odst
-    else:
-        snat = rdst != osrc or rdp != osp
-        dnat = rsrc != odst or rsp != odp
+    snat = rdst != osrc or rdp != osp
+    dnat = rsrc != odst or rsp != odp  # for ICMP both ports are None
     if snat:
         return "snat+dnat" if dnat else "snat"
     if dnat:
@@ -602,13 +597,7 @@ class Flow(object):
         """TCP/SCTP state; otherwise UNREPLIED, ASSURED, OFFLOAD, HW_OFFLOAD or REPLIED."""
         if self.line is not None:
             return line_state(self.state, self.line)
-        if self.state:
-            return self.state
-        flags = self.flags()
-        for flag in ("UNREPLIED", "ASSURED", "HW_OFFLOAD", "OFFLOAD"):
-            if flag in flags:
-                return flag
-        return "REPLIED"
+        return line_state(self.state, " ".join("[%s]" % flag for flag in self.flags()))
 
     def flags(self):
         if self.row is not None:
@@ -721,11 +710,6 @@ def _tuple_json(tokens, src, dst):
     return out
 
 
-def parse_line(line, own=()):
-    """A classified :class:`Flow` from one table line (see :func:`parse_fields`)."""
-    return Flow.parse(line, own)
-
-
 def _is_trailer(line):
     """conntrack's own count line, when a dump was saved with 2>&1."""
     return line.startswith("conntrack v") and "flow entries" in line
@@ -735,9 +719,9 @@ def _is_trailer(line):
 
 
 def read_int(sources, path):
-    text = sources.read(path)
+    fields = (sources.read(path) or "").split()
     try:
-        return int(text.split()[0]) if text else None
+        return int(fields[0]) if fields else None
     except ValueError:
         return None
 
@@ -872,26 +856,27 @@ def host_facts(sources):
 
 
 def open_table(sources):
-    """(source name, line iterator) for the first table that exists; raises AgentError."""
-    for path in (TABLE_PROC,):
+    """(source name, text stream) for the first table there is: /proc/net/nf_conntrack (or
+    the ``--input`` dump), else ``conntrack -L -o extended``, else /proc/net/ip_conntrack.
+    Raises AgentError."""
+    for path, name in (
+        (TABLE_PROC, getattr(sources, "table_file", None) or TABLE_PROC),
+        (None, " ".join(CONNTRACK_CMD)),
+        (TABLE_OLD, TABLE_OLD),
+    ):
+        if path is None:
+            stream = sources.command_lines(CONNTRACK_CMD)
+            if stream is not None:
+                return name, stream
+            continue
         if sources.exists(path):
             try:
-                return getattr(sources, "table_file", None) or path, sources.open_lines(path)
+                return name, sources.open_lines(path)
             except PermissionError:
                 raise AgentError(
                     "permission",
-                    "cannot read %s: permission denied; run as root (sudo natfleet ...)" % path,
+                    "cannot read %s: permission denied; run as root (sudo natfleet ...)" % name,
                 ) from None
-    lines = sources.command_lines(CONNTRACK_CMD)
-    if lines is not None:
-        return " ".join(CONNTRACK_CMD), lines
-    if sources.exists(TABLE_OLD):
-        try:
-            return TABLE_OLD, sources.open_lines(TABLE_OLD)
-        except PermissionError:
-            raise AgentError(
-                "permission", "cannot read %s: permission denied; run as root" % TABLE_OLD
-            ) from None
     raise AgentError(
         "no_table",
         "no conntrack table: %s is absent and conntrack-tools is not installed "
@@ -1206,10 +1191,12 @@ def _scan_parallel(stream, tally, request, own, workers, project=None):
             data = text.encode("utf-8", "surrogatepass")
             _write_all(children[n % workers][1], b"%d %d\n" % (first, len(data)) + data)
             lines = first + text.count("\n") + (not text.endswith("\n")) - 1
+    except OSError:  # a worker died (broken pipe): reap them all, then say so below
+        lines = -1
     finally:
         for _pid, block_w, _r in children:
             os.close(block_w)
-    failed = 0
+    failed = 0 if lines >= 0 else 1
     for pid, _w, result_r in children:
         with os.fdopen(result_r, "rb") as results:
             data = results.read()
@@ -1219,7 +1206,7 @@ def _scan_parallel(stream, tally, request, own, workers, project=None):
             continue
         tally.merge(marshal.loads(data))
     if failed:
-        raise AgentError("agent", "%d of %d scan workers failed" % (failed, workers))
+        raise AgentError("agent", "a summary worker process failed; try again with --jobs 1")
     return lines
 
 
@@ -1305,6 +1292,7 @@ class Summary(object):
 
     def to_json(self, port_range):
         self.prune()
+        by_nat = self._by(2)
         size = port_range[1] - port_range[0] + 1 if port_range else None
         pressure = []
         for (nat_ip, dst, dport, pnum), used in self.ports.top(self.top_n):
@@ -1322,7 +1310,7 @@ class Summary(object):
             "flows": self.flows,
             "by_state": self._by(1),
             "by_proto": self._by(0),
-            "by_nat": dict((k, self._by(2).get(k, 0)) for k in NAT_KINDS),
+            "by_nat": dict((k, by_nat.get(k, 0)) for k in NAT_KINDS),
             "tcp_snat_established": self.tcp_snat_established,
             "top_sources": [[a, n] for a, n in self.sources.top(self.top_n)],
             "top_destinations": [[a, n] for a, n in self.destinations.top(self.top_n)],

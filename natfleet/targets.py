@@ -7,7 +7,7 @@ Target names and host strings are data only: they are validated here and never r
 Example:
     >>> split_host_spec("root@[2001:db8::1]:2222")
     ('root', '2001:db8::1', 2222)
-    >>> build_targets(hosts=["admin@198.51.100.7:2200"])[0].user
+    >>> resolve_targets(hosts=["admin@198.51.100.7:2200"])[0][0].user
     'admin'
 """
 
@@ -152,15 +152,3 @@ def resolve_targets(
     if discover is None:
         raise UsageError("no targets: give --host, --hosts-file, --local or --input")
     return discover()
-
-
-def build_targets(
-    hosts: Sequence[str] = (),
-    hosts_files: Sequence[str] = (),
-    local: bool = False,
-    inputs: Sequence[str] = (),
-    discover: Optional[Callable[[], tuple[list[Target], list[HostError]]]] = None,
-) -> list[Target]:
-    """Like :func:`resolve_targets`, every target (reachable or not) in one list."""
-    found, errors = resolve_targets(hosts, hosts_files, local, inputs, discover)
-    return found + [error.target for error in errors]

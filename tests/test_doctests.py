@@ -6,10 +6,10 @@ import doctest
 
 import pytest
 
-from natfleet import agent, render, text
+from natfleet import agent, render, targets, text
 
 
-@pytest.mark.parametrize("module", [agent, render, text], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [agent, render, targets, text], ids=lambda m: m.__name__)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from natfleet import agent
@@ -67,3 +69,14 @@ def test_one_process_when_other_threads_run(monkeypatch):
 def test_small_tables_and_unprojected_listings_stay_in_one_process():
     assert agent.workers_for(agent.Request({"mode": "summary"}), 1000) == 1
     assert agent.workers_for(agent.Request({"mode": "list"}), 10**6) == 1
+
+
+def test_a_worker_that_dies_is_an_error_not_a_short_answer(table, monkeypatch):
+    def die(self, first, lines):
+        os._exit(3)
+
+    monkeypatch.setattr(agent.Tally, "feed", die)
+    answer = agent.handle({"mode": "summary", "jobs": 2}, agent.DumpSources(table_file=table))
+    assert answer["ok"] is False
+    assert answer["error"]["kind"] == "agent"
+    assert "--jobs 1" in answer["error"]["message"]

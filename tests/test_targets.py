@@ -12,7 +12,6 @@ from natfleet.commands.targetopts import (
     add_target_options,
     resolve_targets_from_args,
     ssh_options_from_args,
-    targets_from_args,
 )
 from natfleet.errors import UsageError
 from natfleet.models import HostError, Target
@@ -80,6 +79,11 @@ def _parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def targets_from_args(args):
+    found, errors = resolve_targets_from_args(args)
+    return found + [error.target for error in errors]
+
+
 def test_targets_from_args_order_and_kinds(tmp_path):
     dump = tmp_path / "dump.txt"
     dump.write_text("")
@@ -121,10 +125,10 @@ def test_discovery_is_the_default(monkeypatch):
     found, errors = resolve_targets_from_args(args)
     assert [t.name for t in found] == ["nat-a"] and errors[0].message.endswith("start it")
     assert calls == [args, args] and args.profile == ["prod"] and args.address == "public"
-    assert targets.build_targets(hosts=["nat-a"], discover=fake_discover)[0].host == "nat-a"
+    assert targets.resolve_targets(hosts=["nat-a"], discover=fake_discover)[0][0].host == "nat-a"
     assert len(calls) == 2  # a named target means no discovery
     with pytest.raises(UsageError, match="no targets"):
-        targets.build_targets()
+        targets.resolve_targets()
 
 
 def test_ssh_options_from_args(tmp_path):

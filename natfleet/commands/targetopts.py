@@ -4,7 +4,7 @@ Example:
     >>> parser = argparse.ArgumentParser()
     >>> add_target_options(parser)
     >>> args = parser.parse_args(["--host", "root@198.51.100.7", "--timeout", "5"])
-    >>> targets_from_args(args)[0].user, ssh_options_from_args(args).command_timeout
+    >>> resolve_targets_from_args(args)[0][0].user, ssh_options_from_args(args).command_timeout
     ('root', 5.0)
 """
 
@@ -121,12 +121,6 @@ def resolve_targets_from_args(
         inputs=args.input,
         discover=discover,
     )
-
-
-def targets_from_args(args: argparse.Namespace) -> list[Target]:
-    """Every target the options name or discovery finds (reachable or not)."""
-    found, errors = resolve_targets_from_args(args)
-    return found + [error.target for error in errors]
 
 
 def ssh_defaults(args: argparse.Namespace) -> Any:
