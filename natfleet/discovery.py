@@ -396,7 +396,7 @@ def targets_and_errors(
     Example:
         >>> targets, errors = targets_and_errors(devices, "public")
         >>> errors[0].message
-        'no public IP address (instance stopped): use --address private or start it'
+        'no public IP address (instance running): try --address private'
     """
     devices = list(devices)
     states = {d.id: d.state for d in devices}
@@ -404,10 +404,19 @@ def targets_and_errors(
     errors: list[HostError] = []
     other = "public" if address == "private" else "private"
     for t in devices_to_targets(devices, address):
+        state = states.get(t.instance_id or "", "")
+        if state in ("stopped", "stopping", "shutting-down", "terminated"):
+            errors.append(
+                HostError(
+                    target=t,
+                    message=f"the instance is {state}: start it to read its table",
+                    kind="connect",
+                )
+            )
+            continue
         if t.host:
             targets.append(t)
             continue
-        state = states.get(t.instance_id or "", "")
         advice = "start it" if state in ("stopped", "stopping") else f"try --address {other}"
         label = "IP address" if address == "public" else "address"
         errors.append(

@@ -249,6 +249,7 @@ def test_devices_to_targets_and_errors():
         Device("instance", "i-1", REGION, name="nat-a", private_ip="10.0.1.5", state="running"),
         Device("instance", "i-2", REGION, private_ip="10.0.1.6", public_ip="198.51.100.6"),
         Device("instance", "i-3", REGION, name="nat-c", state="stopped"),
+        Device("instance", "i-5", REGION, private_ip="10.0.1.7", state="stopped"),
         Device("gateway", "nat-1", REGION, private_ip="10.0.0.9"),
         Device("missing", "i-4", REGION, state="terminated"),
     ]
@@ -257,13 +258,17 @@ def test_devices_to_targets_and_errors():
         ("nat-a", "10.0.1.5", "i-1", REGION),
         ("i-2", "10.0.1.6", "i-2", REGION),
         ("nat-c", "", "i-3", REGION),
+        ("i-5", "10.0.1.7", "i-5", REGION),
     ]
     ok, errors = targets_and_errors(devices, "public")
     assert [t.host for t in ok] == ["198.51.100.6"]
     assert [(e.target.instance_id, e.message) for e in errors] == [
         ("i-1", "no public IP address (instance running): try --address private"),
-        ("i-3", "no public IP address (instance stopped): start it"),
+        ("i-3", "the instance is stopped: start it to read its table"),
+        ("i-5", "the instance is stopped: start it to read its table"),  # not tried over SSH
     ]
+    ok, errors = targets_and_errors(devices, "private")
+    assert [t.host for t in ok] == ["10.0.1.5", "10.0.1.6"]
     with pytest.raises(UsageError):
         devices_to_targets(devices, "ipv6")
 
