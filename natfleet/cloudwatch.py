@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +27,8 @@ import boto3
 from natfleet import aws
 from natfleet.errors import UsageError
 from natfleet.models import MetricSeries
+
+log = logging.getLogger(__name__)
 
 NATGW_NAMESPACE = "AWS/NATGateway"
 EC2_NAMESPACE = "AWS/EC2"
@@ -238,6 +241,15 @@ def fetch(
                 target = series[int(result["Id"][1:])]
                 target.timestamps.extend(result.get("Timestamps", []))
                 target.values.extend(float(v) for v in result.get("Values", []))
+                if result.get("StatusCode") in ("InternalError", "Forbidden"):
+                    messages = "; ".join(m.get("Value", "") for m in result.get("Messages", []))
+                    log.warning(
+                        "CloudWatch gave %s for %s %s (%s): its figures may be partial",
+                        result["StatusCode"],
+                        target.resource_id,
+                        target.metric,
+                        messages or "no detail",
+                    )
     for s in series:
         if s.timestamps:
             pairs = sorted(zip(s.timestamps, s.values), key=lambda p: p[0])

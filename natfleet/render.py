@@ -148,7 +148,7 @@ def write_flows(
         for i, flow in enumerate(flows):
             row = dict(flow.to_json())
             if targets is not None:
-                row["target"] = {k: v for k, v in targets[i].items() if k != "label"}
+                row["target"] = targets[i]
             rows.append(row)
         write_json(out, rows + list(errors))
     else:
