@@ -14,10 +14,10 @@ Example:
 from __future__ import annotations
 
 import logging
+import queue
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import IO, Any, Callable, Optional, Protocol, Union
 
 from natfleet import agent
@@ -126,49 +126,54 @@ def run_fleet(
     results: list[Optional[Outcome]] = [None] * total
     started: dict[int, float] = {}
     lock = threading.Lock()
+    queued = iter(range(total))
+    finished: queue.Queue = queue.Queue()
 
-    def work(index: int) -> Outcome:
-        with lock:
-            started[index] = time.monotonic()
-        return _guarded(targets[index], request, connector)
+    def worker() -> None:
+        while True:
+            with lock:
+                index = next(queued, None)
+                if index is None:
+                    return
+                started[index] = time.monotonic()
+            finished.put((index, _guarded(targets[index], request, connector)))
 
-    pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, total)), thread_name_prefix="nf")
-    futures: dict[Future, int] = {pool.submit(work, i): i for i in range(total)}
-    pending = set(futures)
+    def start_worker() -> None:
+        # daemon threads: a box that never answers cannot keep natfleet from exiting
+        threading.Thread(target=worker, name="natfleet-box", daemon=True).start()
+
+    for _ in range(max(1, min(parallel, total))):
+        start_worker()
     done_count = failed = 0
-    try:
-        while pending:
-            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            overdue: list[tuple[Future, Outcome]] = []
-            if bound is not None:
-                now = time.monotonic()
-                with lock:
-                    late = [
-                        f
-                        for f in pending
-                        if now - started.get(futures[f], now) > bound + GRACE_SECONDS
-                    ]
-                for fut in late:
-                    target = targets[futures[fut]]
-                    message = f"{target.label} gave no answer within {bound:g} s; gave up waiting"
-                    overdue.append(
-                        (
-                            fut,
-                            HostError(
-                                target, message, kind="timeout", seconds=now - started[futures[fut]]
-                            ),
-                        )
-                    )
-                    pending.discard(fut)
-            outcomes = [(f, f.result()) for f in finished] + overdue
-            for fut, outcome in outcomes:
-                results[futures[fut]] = outcome
-                done_count += 1
-                failed += isinstance(outcome, HostError)
-                if progress:
-                    progress(done_count, total, failed)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+
+    def record(index: int, outcome: Outcome) -> None:
+        nonlocal done_count, failed
+        results[index] = outcome
+        done_count += 1
+        failed += isinstance(outcome, HostError)
+        if progress:
+            progress(done_count, total, failed)
+
+    while done_count < total:
+        try:
+            index, outcome = finished.get(timeout=0.2)
+            if results[index] is None:  # else: already given up on, its answer came late
+                record(index, outcome)
+        except queue.Empty:
+            pass
+        if bound is None:
+            continue
+        now = time.monotonic()
+        with lock:
+            late = [
+                i
+                for i, t0 in started.items()
+                if results[i] is None and now - t0 > bound + GRACE_SECONDS
+            ]
+        for i in late:
+            message = f"{targets[i].label} gave no answer within {bound:g} s; gave up waiting"
+            record(i, HostError(targets[i], message, kind="timeout", seconds=now - started[i]))
+            start_worker()  # its thread is stuck: the targets still queued get another
     return [r for r in results if r is not None]
 
 

@@ -171,3 +171,32 @@ def test_lab_fleet_over_ssh_matches_each_box(lab, monkeypatch):
         )
         assert json.loads(local.stdout)["addresses"] == result.answer["addresses"]
         assert box.public_ip in result.answer["addresses"]
+
+
+def test_a_stuck_box_neither_blocks_the_boxes_queued_behind_it_nor_the_exit():
+    """One worker, the first box never answers: the second is still read, and the process
+    exits at once although the stuck thread is still blocked."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import threading, time\n"
+        "from natfleet import fleet\n"
+        "from natfleet.models import Target, HostResult, HostError\n"
+        "fleet.GRACE_SECONDS = 0.1\n"
+        "class Box:\n"
+        "    max_seconds = 0.2\n"
+        "    def run_agent(self, target, request):\n"
+        "        if target.name == 'stuck':\n"
+        "            threading.Event().wait()\n"
+        "        return {'ok': True, 'rows': []}, 0\n"
+        "targets = [Target(name='stuck', host='198.51.100.7'),\n"
+        "           Target(name='ok', host='198.51.100.8')]\n"
+        "out = fleet.run_fleet(targets, {'mode': 'list'}, Box(), parallel=1)\n"
+        "assert isinstance(out[0], HostError) and out[0].kind == 'timeout', out\n"
+        "assert isinstance(out[1], HostResult), out\n"
+    )
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+    assert time.monotonic() - started < 5
