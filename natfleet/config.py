@@ -173,6 +173,14 @@ def parse_config(data: dict[str, Any], path: Optional[Path] = None) -> Config:
     parallel = _get(ssh, "parallel", int, s.parallel, where, "ssh")
     if parallel < 1:
         raise ConfigError(f"{where}: ssh.parallel must be at least 1")
+    timeouts = {}
+    for key, default in (
+        ("connect_timeout", s.connect_timeout),
+        ("command_timeout", s.command_timeout),
+    ):
+        timeouts[key] = float(_get(ssh, key, (int, float), default, where, "ssh"))
+        if timeouts[key] <= 0:
+            raise ConfigError(f"{where}: ssh.{key} must be more than 0 seconds")
     prices_file = _get(prices, "file", str, "", where, "prices")
     return Config(
         discovery=DiscoveryConfig(
@@ -183,8 +191,8 @@ def parse_config(data: dict[str, Any], path: Optional[Path] = None) -> Config:
         ),
         ssh=SshConfig(
             user=_get(ssh, "user", str, "", where, "ssh") or None,
-            connect_timeout=float(_get(ssh, "connect_timeout", (int, float), 10, where, "ssh")),
-            command_timeout=float(_get(ssh, "command_timeout", (int, float), 60, where, "ssh")),
+            connect_timeout=timeouts["connect_timeout"],
+            command_timeout=timeouts["command_timeout"],
             parallel=parallel,
         ),
         prices_file=_relative(prices_file, path) if prices_file else None,

@@ -149,3 +149,13 @@ def test_costs():
     assert prices.instance_cost("t4g.nano", 730) == pytest.approx(730 * 0.0042)
     assert prices.instance_cost("x9.mega", 1) is None
     assert prices.instance_cost(None, 1) is None
+
+
+@pytest.mark.parametrize("key", ["connect_timeout", "command_timeout"])
+def test_ssh_timeouts_must_be_positive(key, tmp_path):
+    from natfleet.config import load_config
+
+    path = tmp_path / "natfleet.toml"
+    path.write_text(f"[ssh]\n{key} = 0\n")
+    with pytest.raises(ConfigError, match=f"ssh.{key} must be more than 0"):
+        load_config(str(path))
