@@ -327,6 +327,19 @@ def by_resource(series: Iterable[MetricSeries]) -> dict[str, dict[str, MetricSer
     return out
 
 
+def by_profile_region(devices: Iterable[Any]) -> dict[tuple[Optional[str], str], list[Any]]:
+    """Devices grouped by (profile, region): one CloudWatch client and batch per group.
+
+    >>> from natfleet.models import Device
+    >>> list(by_profile_region([Device("gateway", "nat-1", "us-east-1")]))
+    [(None, 'us-east-1')]
+    """
+    groups: dict[tuple[Optional[str], str], list[Any]] = {}
+    for device in devices:
+        groups.setdefault((device.profile, device.region), []).append(device)
+    return groups
+
+
 def window_seconds(start: dt.datetime, end: dt.datetime, period: int) -> float:
     """The length of the window the series covers, once aligned to its period.
 

@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,8 +127,7 @@ class Window:
     @property
     def seconds(self) -> float:
         """Length of the window aligned to whole periods (what CloudWatch sums over)."""
-        start, end = cloudwatch.align(self.start, self.end, self.period)
-        return (end - start).total_seconds()
+        return cloudwatch.window_seconds(self.start, self.end, self.period)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -164,12 +162,9 @@ def fetch_metrics(
     sessions: Mapping[Optional[str], boto3.Session], devices: Iterable[Device], window: Window
 ) -> dict[str, dict[str, MetricSeries]]:
     """``{device id: {metric: series}}`` for every device, one batch per (profile, region)."""
-    groups: dict[tuple[Optional[str], str], list[Device]] = defaultdict(list)
-    for device in devices:
-        if device.kind in ("instance", "gateway"):
-            groups[(device.profile, device.region)].append(device)
+    measured = [d for d in devices if d.kind in ("instance", "gateway")]
     out: dict[str, dict[str, MetricSeries]] = {}
-    for (profile, region), members in groups.items():
+    for (profile, region), members in cloudwatch.by_profile_region(measured).items():
         cw = aws.client(sessions[profile], "cloudwatch", region)
         queries = metric_queries(members)
         out.update(

@@ -178,9 +178,17 @@ def write_lines(out: TextIO, lines: Iterable[str]) -> None:
         out.write("\n".join(batch) + "\n")
 
 
+def json_text(data: Any) -> str:
+    """natfleet's JSON output: indented, anything not JSON (times) as text, a final newline.
+
+    >>> json_text({"flows": 3})
+    '{\\n  "flows": 3\\n}\\n'
+    """
+    return json.dumps(data, indent=2, default=str) + "\n"
+
+
 def write_json(out: TextIO, data: Any) -> None:
-    json.dump(data, out, indent=2, default=str)
-    out.write("\n")
+    out.write(json_text(data))
 
 
 def write_records(

@@ -10,14 +10,13 @@ import argparse
 import csv
 import dataclasses
 import io
-import json
 import sys
 from collections.abc import Sequence
 
 from natfleet.commands.awsopts import add_aws_options, devices_from_args
 from natfleet.errors import ExitCode
 from natfleet.models import Device
-from natfleet.render import table_text
+from natfleet.render import json_text, table_text
 from natfleet.text import printable
 
 EXAMPLES = """\
@@ -70,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 def as_json(devices: Sequence[Device]) -> str:
     """Every Device field, as a JSON list."""
-    return json.dumps([dataclasses.asdict(d) for d in devices], indent=2, default=str) + "\n"
+    return json_text([dataclasses.asdict(d) for d in devices])
 
 
 def as_csv(devices: Sequence[Device]) -> str:

@@ -10,16 +10,14 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, Optional
 
 from natfleet.commands.awsopts import add_aws_options, devices_from_args, sessions_from_args
 from natfleet.errors import ExitCode
 from natfleet.models import Device
-from natfleet.render import NO_DATA, human, sparkline, table_text
+from natfleet.render import NO_DATA, human, json_text, sparkline, table_text
 from natfleet.text import printable
 
 EXAMPLES = """\
@@ -91,11 +89,8 @@ def gateway_rows(
     from natfleet import cloudwatch
 
     sessions = sessions_from_args(args)
-    groups: dict[tuple[Optional[str], str], list[Device]] = defaultdict(list)
-    for gw in gateways:
-        groups[(gw.profile, gw.region)].append(gw)
     rows = []
-    for (profile, region), members in groups.items():
+    for (profile, region), members in cloudwatch.by_profile_region(gateways).items():
         series = cloudwatch.gateway_metrics(
             sessions[profile], region, [g.id for g in members], start, end, period
         )
@@ -160,7 +155,7 @@ def as_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def as_json(rows: Sequence[dict[str, Any]]) -> str:
     """Raw numbers (null for no data)."""
-    return json.dumps(list(rows), indent=2, default=str) + "\n"
+    return json_text(list(rows))
 
 
 def as_csv(rows: Sequence[dict[str, Any]]) -> str:
