@@ -1,6 +1,6 @@
 """natfleet's benchmark: speed and memory against the reference tools, same machine, one run.
 
-Run by hand (not by CI), as root:   sudo ./dev bench   (or: sudo python3 bench/bench.py)
+Run by hand (not by CI), as root: sudo ./dev bench (set up: sudo .venv/bin/python bench/bench.py)
 
 It builds a one-box lab, fills the box's conntrack table with real UDP flows through its NAT
 (bounded in count and time, inside the lab's namespaces only), and times, best of N runs:

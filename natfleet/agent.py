@@ -3,26 +3,54 @@
 Stdlib only, Python 3.6+, one file: natfleet ships it to a NAT box's own python3 on stdin
 and imports the very same file locally (``natfleet local``, ``--input``, raw dumps).
 
-    $ echo '{"mode": "summary"}' | sudo python3 natfleet/agent.py
-    {"agent":1,"ok":true,"source":"/proc/net/nf_conntrack","count":3,...}
+It reads one JSON request (at most 1 MiB) on stdin and answers in wire format 2: ASCII-only
+strict JSON, one object per line; the header first (the answer without its rows, with
+``"rows": N`` in list mode), then the N rows:
 
-The request/answer JSON is documented in docs/json.md. Every read goes through a *sources*
-object (``LocalSources(root)`` for a live machine or a fixture folder, ``DumpSources`` for
-captured texts), so parsers never open paths themselves.
+    $ echo '{"mode": "list", "limit": 1}' | sudo python3 natfleet/agent.py
+    {"agent":2,"ok":true,"warnings":[],"hostname":"nat-a",...,"matched":9,...,"rows":1}
+    {"proto":"tcp","l3":"ipv4","state":"ESTABLISHED","nat":"snat",...}
+    $ echo '{"top": "x"}' | python3 natfleet/agent.py
+    {"agent":2,"ok":false,"error":{"kind":"bad_request","message":"top: ..."}}
+
+The request and the answer are documented in docs/json.md. Every read goes through a
+*sources* object (``LocalSources(root)`` for a live machine or a fixture folder,
+``DumpSources`` for captured texts), so parsers never open paths themselves.
 """
 
 import io
 import ipaddress
 import json
 import marshal
+import math
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+from typing import (
+    IO,
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
-AGENT_VERSION = 1
+AGENT_VERSION = 2
+MAX_REQUEST_BYTES = 1 << 20  # a request is a few hundred bytes; more is not a request
+OUT_CHUNK_CHARS = 1 << 20  # main() writes stdout in chunks of about this many characters
+MESSAGE_MAX = 2000  # an error message's characters (an exception may quote a whole file)
+HOSTNAME_MAX = 253  # a DNS name (the kernel's own limit is 64)
+WARNINGS_MAX = 100  # warnings in one answer (the last one then says how many more)
 
 TABLE_PROC = "/proc/net/nf_conntrack"
 TABLE_OLD = "/proc/net/ip_conntrack"
@@ -105,14 +133,34 @@ RAW_COMMAND = (
 )
 
 
+# parse_fields' tuple: (pnum, timeout, state, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, l3,
+# gre); ports, ICMP ids and GRE keys stay text.
+Fields = Tuple[
+    int,
+    Optional[int],
+    Optional[str],
+    str,
+    str,
+    Optional[str],
+    Optional[str],
+    str,
+    str,
+    Optional[str],
+    Optional[str],
+    Optional[str],
+    Optional[Dict[str, int]],
+]
+Json = Dict[str, Any]
+
+
 class Malformed(ValueError):
     """A table line that does not follow the conntrack grammar."""
 
 
 class AgentError(Exception):
-    """The request cannot be served: ``kind`` is permission, no_table or bad_request."""
+    """The request cannot be served: ``kind`` is permission, no_table, bad_request or agent."""
 
-    def __init__(self, kind, message):
+    def __init__(self, kind: str, message: str) -> None:
         Exception.__init__(self, message)
         self.kind = kind
 
@@ -127,20 +175,20 @@ class LocalSources(object):
     'tests/data/root/proc/net/nf_conntrack'
     """
 
-    def __init__(self, root="/"):
+    def __init__(self, root: str = "/") -> None:
         self.root = root
 
-    def path(self, path):
+    def path(self, path: str) -> str:
         return os.path.join(self.root, path.lstrip("/"))
 
-    def exists(self, path):
+    def exists(self, path: str) -> bool:
         return os.path.exists(self.path(path))
 
-    def open_lines(self, path):
+    def open_lines(self, path: str) -> IO[str]:
         """A text stream (read/readline); raises FileNotFoundError or PermissionError."""
         return open(self.path(path), "r", encoding="ascii", errors="replace", buffering=1 << 20)
 
-    def read(self, path):
+    def read(self, path: str) -> Optional[str]:
         """The file's text, or None if it is missing or unreadable."""
         try:
             with open(self.path(path), "r", encoding="ascii", errors="replace") as handle:
@@ -148,19 +196,19 @@ class LocalSources(object):
         except (IOError, OSError):
             return None
 
-    def listdir(self, path):
+    def listdir(self, path: str) -> List[str]:
         try:
             return sorted(os.listdir(self.path(path)))
         except (IOError, OSError):
             return []
 
-    def readlink(self, path):
+    def readlink(self, path: str) -> Optional[str]:
         try:
             return os.readlink(self.path(path))
         except (IOError, OSError):
             return None
 
-    def command_lines(self, argv):
+    def command_lines(self, argv: Sequence[str]) -> "Optional[_CommandLines]":
         """A command's output stream, or None when it is not installed (live root only)."""
         if self.root != "/":
             return None
@@ -169,14 +217,15 @@ class LocalSources(object):
                 list(argv),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,  # a line or two: its count, or why it failed
-                universal_newlines=True,
+                encoding="ascii",
+                errors="replace",  # bytes that are not text become malformed lines
                 bufsize=1 << 20,
             )
         except (IOError, OSError):
             return None
-        return _CommandLines(proc)
+        return _CommandLines(proc, " ".join(argv))
 
-    def command(self, argv, timeout=10):
+    def command(self, argv: Sequence[str], timeout: float = 10) -> Optional[str]:
         """A command's output as text, or None when missing, failing or slow."""
         if self.root != "/":
             return None
@@ -185,7 +234,8 @@ class LocalSources(object):
                 list(argv),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
-                universal_newlines=True,
+                encoding="ascii",
+                errors="replace",
                 timeout=timeout,
             )
         except (IOError, OSError, subprocess.SubprocessError):
@@ -197,27 +247,31 @@ class _CommandLines(object):
     """A command's stdout as a stream; on exit it is reaped, and a command that failed
     raises AgentError with what it said (a failing ``conntrack -L`` is not an empty table)."""
 
-    def __init__(self, proc):
+    def __init__(self, proc: "subprocess.Popen[str]", name: str) -> None:
         self.proc = proc
+        self.name = name
+        assert proc.stdout is not None and proc.stderr is not None
+        self.stdout: IO[str] = proc.stdout
+        self.stderr: IO[str] = proc.stderr
 
-    def read(self, size=-1):
-        return self.proc.stdout.read(size)
+    def read(self, size: int = -1) -> str:
+        return self.stdout.read(size)
 
-    def readline(self):
-        return self.proc.stdout.readline()
+    def readline(self) -> str:
+        return self.stdout.readline()
 
-    def __enter__(self):
+    def __enter__(self) -> "_CommandLines":
         return self
 
-    def __exit__(self, *exc):
-        self.proc.stdout.close()
-        said = self.proc.stderr.read().strip()
-        self.proc.stderr.close()
+    def __exit__(self, *exc: Any) -> None:
+        self.stdout.close()
+        said = self.stderr.read(MESSAGE_MAX).strip()
+        self.stderr.close()
         if self.proc.wait() != 0 and exc[0] is None:
             kind = "permission" if "not permitted" in said.lower() else "no_table"
             raise AgentError(
                 kind,
-                "%s failed (exit %d): %s" % (" ".join(self.proc.args), self.proc.returncode, said),
+                "%s failed (exit %d): %s" % (self.name, self.proc.returncode, said),
             )
 
 
@@ -230,14 +284,16 @@ class DumpSources(object):
     '65536\\n'
     """
 
-    def __init__(self, files=None, table_file=None):
+    def __init__(
+        self, files: Optional[Dict[str, str]] = None, table_file: Optional[str] = None
+    ) -> None:
         self.files = dict(files or {})
         self.table_file = table_file
 
-    def exists(self, path):
+    def exists(self, path: str) -> bool:
         return path in self.files or (path == TABLE_PROC and self.table_file is not None)
 
-    def open_lines(self, path):
+    def open_lines(self, path: str) -> "Union[IO[str], _Borrowed]":
         if path == TABLE_PROC and self.table_file is not None:
             if self.table_file == "-":  # bytes as they come, like a file: never a traceback
                 return _Borrowed(io.TextIOWrapper(sys.stdin.buffer, "ascii", "replace"))
@@ -246,53 +302,58 @@ class DumpSources(object):
             raise FileNotFoundError(path)
         return io.StringIO(self.files[path], newline=None)
 
-    def read(self, path):
+    def read(self, path: str) -> Optional[str]:
         return self.files.get(path)
 
-    def listdir(self, path):
+    def listdir(self, path: str) -> List[str]:
         prefix = path.rstrip("/") + "/"
         names = set(p[len(prefix) :].split("/")[0] for p in self.files if p.startswith(prefix))
         return sorted(names)
 
-    def readlink(self, path):
+    def readlink(self, path: str) -> Optional[str]:
         return self.files.get(path)
 
-    def command_lines(self, argv):
+    def command_lines(self, argv: Sequence[str]) -> Optional[IO[str]]:
         text = self.files.get("$ " + " ".join(argv))
         return None if text is None else io.StringIO(text, newline=None)
 
-    def command(self, argv, timeout=10):
+    def command(self, argv: Sequence[str], timeout: float = 10) -> Optional[str]:
         return self.files.get("$ " + " ".join(argv))
 
 
 class _Borrowed(object):
     """A stream the agent reads but does not own (stdin): not closed on exit."""
 
-    def __init__(self, stream):
+    def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
 
-    def read(self, size=-1):
+    def read(self, size: int = -1) -> str:
         return self.stream.read(size)
 
-    def readline(self):
+    def readline(self) -> str:
         return self.stream.readline()
 
-    def __enter__(self):
+    def __enter__(self) -> "_Borrowed":
         return self
 
-    def __exit__(self, *exc):
-        return False
+    def __exit__(self, *exc: Any) -> None:
+        return None
 
 
-def split_raw_dump(text):
+Sources = Union[LocalSources, DumpSources]
+# What open_table() hands out: read(size), readline(), and a context manager.
+Stream = Union[IO[str], _CommandLines, _Borrowed]
+
+
+def split_raw_dump(text: str) -> Dict[str, str]:
     """Turn RAW_COMMAND's output into a ``{path: text}`` dict for DumpSources.
 
     >>> split_raw_dump("@@natfleet file /proc/sys/net/netfilter/nf_conntrack_max\\n65536\\n")
     {'/proc/sys/net/netfilter/nf_conntrack_max': '65536\\n'}
     """
-    files = {}
-    key = None
-    chunk = []
+    files: Dict[str, str] = {}
+    key: Optional[str] = None
+    chunk: List[str] = []
     for line in text.splitlines(True):
         if line.startswith(RAW_MARK):
             if key is not None:
@@ -309,11 +370,11 @@ def split_raw_dump(text):
 
 # --------------------------------------------------------------------------- addresses
 
-_ADDR_CACHE = {}
+_ADDR_CACHE: Dict[str, str] = {}
 _ADDR_CACHE_MAX = 1 << 16
 
 
-def canonical_address(text):
+def canonical_address(text: str) -> str:
     """The compressed form of an IPv4/IPv6 address; raises Malformed otherwise.
 
     >>> canonical_address("2001:0db8:0000:0000:0000:0000:0000:0010")
@@ -336,10 +397,10 @@ def canonical_address(text):
     return canon
 
 
-_SORT_CACHE = {}
+_SORT_CACHE: Dict[str, Tuple[bool, bytes]] = {}
 
 
-def address_key(addr):
+def address_key(addr: str) -> Tuple[bool, bytes]:
     """A sort key putting IPv4 before IPv6, each in numeric order (10.0.0.2 < 10.0.0.10)."""
     found = _SORT_CACHE.get(addr)
     if found is None:
@@ -353,17 +414,48 @@ def address_key(addr):
 # --------------------------------------------------------------------------- parsing
 
 
-def _tuple(tokens, pnum):
+_DIGITS = "0123456789"
+_HEX = "0123456789abcdefABCDEF"
+PORT_MAX = "65535"  # ports and ICMP ids
+BYTE_MAX = "255"  # protocol numbers, ICMP type and code
+U32_MAX = "4294967295"  # timeouts
+U64_MAX = "18446744073709551615"  # counters, marks, zones, use
+GRE_KEY_MAX = 10  # "0x" and at most 8 hex digits
+
+
+def _number_ok(text: str, most: str) -> bool:
+    """``text`` is ASCII digits for a number from 0 to ``most`` (digits too).
+
+    >>> _number_ok("65535", "65535"), _number_ok("65536", "65535"), _number_ok("-1", "9")
+    (True, False, False)
+    """
+    n = len(text)
+    if not n or n > len(most) or text.strip(_DIGITS):
+        return False
+    return n < len(most) or text <= most
+
+
+def _gre_key_ok(text: str) -> bool:
+    return 2 < len(text) <= GRE_KEY_MAX and text[:2] == "0x" and not text[2:].strip(_HEX)
+
+
+def _tuple(tokens: List[str], pnum: int) -> Tuple[str, str, Optional[str], Optional[str], int]:
     """(src, dst, sport-like, dport-like, consumed) from ``['A', 'dst=B', 'sport=1', ...]``.
 
     The layout is read from the tokens, not guessed from the protocol (the kernel prints
     DCCP as ``unknown 33`` with no ports); tcp, udp, udplite and sctp must have ports.
+    Every number must be in its range, so that a row always fits docs/json.md.
     """
     if len(tokens) >= 4:  # the usual port tuple, checked with the fewest steps
         src, dst, sport, dport = tokens[0], tokens[1], tokens[2], tokens[3]
         if sport[:6] == "sport=" and dport[:6] == "dport=" and dst[:4] == "dst=":
             sport, dport, dst = sport[6:], dport[6:], dst[4:]
-            if sport.isdigit() and dport.isdigit():
+            if (
+                sport.isdecimal()  # what int() takes (isdigit() also says yes to "²")
+                and dport.isdecimal()
+                and (len(sport) < 5 or (len(sport) == 5 and sport <= PORT_MAX))
+                and (len(dport) < 5 or (len(dport) == 5 and dport <= PORT_MAX))
+            ):
                 return (
                     _ADDR_CACHE.get(src) or canonical_address(src),
                     _ADDR_CACHE.get(dst) or canonical_address(dst),
@@ -384,24 +476,32 @@ def _tuple(tokens, pnum):
             if dport[:6] != "dport=":
                 raise Malformed("no dport=")
             dport = dport[6:]
-            if not (sport.isdigit() and dport.isdigit()):
+            if not (_number_ok(sport, PORT_MAX) and _number_ok(dport, PORT_MAX)):
                 raise Malformed("bad port")
             return src, dst, sport, dport, 4
         if pnum in PORT_PROTOS:
             raise Malformed("no ports")
-        if third.startswith("type="):
-            if not (tokens[3].startswith("code=") and tokens[4].startswith("id=")):
+        if third.startswith("type=") and pnum in ICMP_PROTOS:
+            code, ident = tokens[3], tokens[4]
+            if not (code.startswith("code=") and ident.startswith("id=")):
                 raise Malformed("bad icmp tuple")
-            ident = tokens[4][3:]
-            if not ident.isdigit():
-                raise Malformed("bad icmp id")
+            ident = ident[3:]
+            if not (
+                _number_ok(third[5:], BYTE_MAX)
+                and _number_ok(code[5:], BYTE_MAX)
+                and _number_ok(ident, PORT_MAX)
+            ):
+                raise Malformed("bad icmp type, code or id")
             return src, dst, ident, None, 5
         if pnum in ICMP_PROTOS:
             raise Malformed("no icmp type/code/id")
-        if third.startswith("srckey="):
-            if not tokens[3].startswith("dstkey="):
+        if third.startswith("srckey=") and pnum == GRE:
+            dstkey = tokens[3]
+            if not (
+                dstkey.startswith("dstkey=") and _gre_key_ok(third[7:]) and _gre_key_ok(dstkey[7:])
+            ):
                 raise Malformed("bad gre keys")
-            return src, dst, third[7:], tokens[3][7:], 4
+            return src, dst, third[7:], dstkey[7:], 4
         return src, dst, None, None, 2
     except IndexError:
         raise Malformed("short tuple") from None
@@ -413,22 +513,45 @@ _COMMON_EXTRAS = frozenset(
 )
 
 
-def _extras_ok(tokens, _common=_COMMON_EXTRAS.issuperset):
-    """Every field after a tuple is a known flag, ``key=DIGITS`` or ``secctx=...``."""
+SECCTX_MAX = 256
+
+
+def _extras_ok(
+    tokens: List[str], _common: Callable[[Iterable[str]], bool] = _COMMON_EXTRAS.issuperset
+) -> bool:
+    """Every field after a tuple is a known flag, ``key=DIGITS`` in that key's range (a u64
+    unless _EXTRA_MAX says less) or ``secctx=...``."""
     if _common(tokens):
         return True  # the usual tail, checked in one C call
     for tok in tokens:
+        key, eq, value = tok.partition("=")
+        if value.isdecimal():  # int() takes every isdecimal() text
+            n = len(value)
+            if n < 5 and key:
+                continue  # below every key's maximum
+            most = _EXTRA_MAX.get(key, U64_MAX)
+            if key and (n < len(most) or (n == len(most) and value <= most)):
+                continue
+            return False
         if tok in FLAG_TOKENS:
             continue
-        key, eq, value = tok.partition("=")
-        if not eq or not key:
-            return False
-        if key != "secctx" and not value.isdigit():
+        if key != "secctx" or not eq or len(value) > SECCTX_MAX:
             return False
     return True
 
 
-def parse_fields(line):
+# docs/json.md's ranges for the numbered fields after a tuple (others: a u64)
+_EXTRA_MAX = {
+    "mark": U32_MAX,
+    "use": U32_MAX,
+    "delta-time": U32_MAX,
+    "zone": PORT_MAX,
+    "zone-orig": PORT_MAX,
+    "zone-reply": PORT_MAX,
+}
+
+
+def parse_fields(line: str) -> Fields:
     """Parse one table line (nf_conntrack, ``conntrack -L [-o extended]`` or ip_conntrack)
     into a plain tuple ``(pnum, timeout, state, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp,
     l3, gre)``: the one parser behind both the summary loop and :class:`Flow`.
@@ -450,7 +573,7 @@ def parse_fields(line):
     rtoks = parts[2].split()
     n = len(head)
     if n and (head[0] == "ipv4" or head[0] == "ipv6"):
-        if n < 4 or not head[1].isdigit():
+        if n < 4 or not head[1].isdecimal():
             raise Malformed("bad l3 fields")
         l3, k = head[0], 3
     elif n >= 2:
@@ -458,25 +581,34 @@ def parse_fields(line):
     else:
         raise Malformed("short header")
     pnum_text = head[k]
-    if not pnum_text.isdigit():
+    if not (pnum_text.isdecimal() and len(pnum_text) <= 3):
         raise Malformed("bad protocol number")
     pnum = int(pnum_text)
-    timeout = state = gre = None
+    if pnum > 255:
+        raise Malformed("bad protocol number")
+    timeout: Optional[int] = None
+    state: Optional[str] = None
+    gre: Optional[Dict[str, int]] = None
     k += 1
-    if k < n and head[k].isdigit():
+    if k < n and head[k].isdecimal():
+        if len(head[k]) > 10:
+            raise Malformed("bad timeout")
         timeout = int(head[k])
+        if timeout > 0xFFFFFFFF:
+            raise Malformed("bad timeout")
         k += 1
     if k < n:
         if k + 1 == n and head[k] in STATES:
             state = head[k]
         elif pnum == GRE and head[k].startswith("timeout=") and k + 2 == n:
-            try:
-                gre = {
-                    "timeout": int(head[k][8:].rstrip(",")),
-                    "stream_timeout": int(head[k + 1][15:]),
-                }
-            except ValueError:
-                raise Malformed("bad gre timeouts") from None
+            first, second = head[k][8:].rstrip(","), head[k + 1]
+            if not (
+                second.startswith("stream_timeout=")
+                and _number_ok(first, U32_MAX)
+                and _number_ok(second[15:], U32_MAX)
+            ):
+                raise Malformed("bad gre timeouts")
+            gre = {"timeout": int(first), "stream_timeout": int(second[15:])}
         else:
             raise Malformed("unexpected %r before the tuples" % " ".join(head[k:]))
     osrc, odst, osp, odp, used = _tuple(otoks, pnum)
@@ -489,12 +621,17 @@ def parse_fields(line):
         raise Malformed("bad key=value field")
     if pnum in ICMP_PROTOS:
         rsp, rdp = None, rsp  # the reply's id identifies the original source
+    v6 = ":" in osrc
+    if (":" in odst) is not v6 or (":" in rsrc) is not v6 or (":" in rdst) is not v6:
+        raise Malformed("IPv4 and IPv6 addresses in one entry")
     if l3 is None:
-        l3 = "ipv6" if ":" in osrc else "ipv4"
+        l3 = "ipv6" if v6 else "ipv4"
+    elif (l3 == "ipv6") is not v6:
+        raise Malformed("%s with IPv%d addresses" % (l3, 6 if v6 else 4))
     return (pnum, timeout, state, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, l3, gre)
 
 
-def nat_kind(fields, own):
+def nat_kind(fields: Fields, own: "Union[Set[str], FrozenSet[str], Tuple[str, ...]]") -> str:
     """snat, dnat, snat+dnat, local or routed, from parse_fields' tuple; ports count, so
     REDIRECT and port remapping are NAT. For ICMP the id plays the port.
 
@@ -514,12 +651,12 @@ def nat_kind(fields, own):
     return "routed"
 
 
-def proto_name(pnum):
+def proto_name(pnum: int) -> str:
     """``tcp`` for 6; a protocol the kernel does not name keeps its number (``"99"``)."""
     return PROTO_NAMES.get(pnum) or str(pnum)
 
 
-def line_state(state, line):
+def line_state(state: Optional[str], line: str) -> str:
     """TCP/SCTP/DCCP state; otherwise what the line's flags say: UNREPLIED, ASSURED,
     HW_OFFLOAD, OFFLOAD, else REPLIED."""
     if state:
@@ -566,7 +703,9 @@ class Flow(object):
         "row",
     )
 
-    def __init__(self, fields, nat, line=None, row=None):
+    def __init__(
+        self, fields: Fields, nat: str, line: Optional[str] = None, row: Optional[Json] = None
+    ) -> None:
         (
             self.pnum,
             self.timeout,
@@ -588,24 +727,29 @@ class Flow(object):
         self.row = row
 
     @classmethod
-    def parse(cls, line, own):
+    def parse(cls, line: str, own: "Union[Set[str], FrozenSet[str], Tuple[str, ...]]") -> "Flow":
         """A Flow from a table line, classified against the box's own addresses."""
         fields = parse_fields(line)
         return cls(fields, nat_kind(fields, own), line)
 
-    def display_state(self):
+    def display_state(self) -> str:
         """TCP/SCTP state; otherwise UNREPLIED, ASSURED, OFFLOAD, HW_OFFLOAD or REPLIED."""
         if self.line is not None:
             return line_state(self.state, self.line)
         return line_state(self.state, " ".join("[%s]" % flag for flag in self.flags()))
 
-    def flags(self):
+    def flags(self) -> List[str]:
+        """The conntrack flags (``ASSURED``, ...), each once, in the line's order."""
         if self.row is not None:
             return list(self.row.get("flags") or ())
-        return [t[1:-1] for t in self.line.split() if t in FLAG_TOKENS]
+        found: List[str] = []
+        for token in (self.line or "").split():
+            if token in FLAG_TOKENS and token[1:-1] not in found:
+                found.append(token[1:-1])
+        return found
 
     @classmethod
-    def from_json(cls, row):
+    def from_json(cls, row: Json) -> "Flow":
         """The inverse of :meth:`to_json`, for rows that came back from a remote agent;
         raises Malformed (or KeyError, TypeError) on a row that is not one.
 
@@ -627,7 +771,7 @@ class Flow(object):
         elif "srckey" in orig:
             osp, odp = orig["srckey"], orig["dstkey"]
             rsp, rdp = reply.get("srckey"), reply.get("dstkey")
-        fields = (
+        fields: Fields = (
             PROTO_NUMBERS.get(row["proto"], -1),
             row.get("timeout"),
             row.get("state"),
@@ -644,7 +788,13 @@ class Flow(object):
         )
         return cls(fields, row["nat"], None, row)
 
-    def shown(self):
+    def shown(
+        self,
+    ) -> Tuple[
+        Tuple[str, Optional[str]],
+        Tuple[Optional[str], Optional[str]],
+        Tuple[str, Optional[str]],
+    ]:
         """(source, nat-host, destination) as (addr, port) pairs, the way netstat-nat lays
         them out, but right: DNAT's NAT host is the original destination *and its port*."""
         source = (self.osrc, self.osp)
@@ -657,76 +807,134 @@ class Flow(object):
             return source, (self.rdst, self.rdp), (self.rsrc, self.rsp)
         return source, (None, None), (self.odst, self.odp)
 
-    def to_json(self):
+    def to_json(self) -> Json:
         """The row of docs/json.md (optional keys only when the kernel printed them)."""
         if self.row is not None:
             return self.row
-        _head, orig, reply = self.line.split(" src=", 2)
+        _head, orig, reply = (self.line or "").split(" src=", 2)
         otoks, rtoks = orig.split(), reply.split()
-        row = {
+        otuple, oused = _tuple_json(otoks, self.osrc, self.odst, self.pnum)
+        rtuple, rused = _tuple_json(rtoks, self.rsrc, self.rdst, self.pnum)
+        flags: List[str] = []
+        row: Json = {
             "proto": self.proto,
             "l3": self.l3,
             "state": self.state,
             "nat": self.nat,
-            "orig": _tuple_json(otoks, self.osrc, self.odst),
-            "reply": _tuple_json(rtoks, self.rsrc, self.rdst),
-            "flags": self.flags(),
+            "orig": otuple,
+            "reply": rtuple,
+            "flags": flags,
         }
         if self.timeout is not None:
             row["timeout"] = self.timeout
         if self.gre is not None:
             row["gre"] = self.gre
-        for direction, tokens in (("orig", otoks), ("reply", rtoks)):
-            for tok in tokens:
-                key, eq, value = tok.partition("=")
-                if not eq:
+        flag_names = _FLAG_NAMES
+        for names, tokens in ((_ORIG_KEYS, otoks[oused:]), (_REPLY_KEYS, rtoks[rused:])):
+            for tok in tokens:  # the fields after the tuple (checked by parse_fields)
+                flag = flag_names.get(tok)
+                if flag is not None:
+                    if flag not in flags:
+                        flags.append(flag)
                     continue
-                if key in ("packets", "bytes"):
-                    row[key + "_" + direction] = int(value)
-                elif key in ("mark", "zone", "zone-orig", "zone-reply", "use", "delta-time"):
-                    row[key.replace("-", "_")] = int(value)
+                key, _eq, value = tok.partition("=")
+                name = names.get(key)
+                if name is not None:
+                    row[name] = int(value)
                 elif key == "secctx":
                     row["secctx"] = value
         return row
 
 
-def _text(value):
+_FLAG_NAMES = dict((token, token[1:-1]) for token in FLAG_TOKENS)
+_COMMON_KEYS = {
+    "mark": "mark",
+    "zone": "zone",
+    "zone-orig": "zone_orig",
+    "zone-reply": "zone_reply",
+    "use": "use",
+    "delta-time": "delta_time",
+}
+_ORIG_KEYS = dict(_COMMON_KEYS, packets="packets_orig", bytes="bytes_orig")
+_REPLY_KEYS = dict(_COMMON_KEYS, packets="packets_reply", bytes="bytes_reply")
+
+
+def _text(value: Any) -> Optional[str]:
     return None if value is None else str(value)
 
 
-def _tuple_json(tokens, src, dst):
-    out = {"src": src, "dst": dst}
+def _tuple_json(tokens: List[str], src: str, dst: str, pnum: int) -> Tuple[Json, int]:
+    """A tuple's JSON and how many tokens it took: read as :func:`_tuple` read it (which
+    checked the numbers)."""
+    out: Json = {"src": src, "dst": dst}
     third = tokens[2] if len(tokens) > 2 else ""
-    if third.startswith("sport="):
+    if third[:6] == "sport=":
         out["sport"] = int(third[6:])
         out["dport"] = int(tokens[3][6:])
-    elif third.startswith("type="):
+        return out, 4
+    if third[:5] == "type=" and pnum in ICMP_PROTOS:
         out["type"] = int(third[5:])
         out["code"] = int(tokens[3][5:])
         out["id"] = int(tokens[4][3:])
-    elif third.startswith("srckey="):
+        return out, 5
+    if third[:7] == "srckey=" and pnum == GRE:
         out["srckey"] = third[7:]
         out["dstkey"] = tokens[3][7:]
-    return out
+        return out, 4
+    return out, 2
 
 
-def _is_trailer(line):
+def _is_trailer(line: str) -> bool:
     """conntrack's own count line, when a dump was saved with 2>&1."""
     return line.startswith("conntrack v") and "flow entries" in line
 
 
 # --------------------------------------------------------------------------- host facts
+#
+# Each parser takes a file's text (None: the file is missing, which is normal and silent) and
+# raises ValueError when the text is not what the kernel writes; host_facts() turns that into
+# an unknown fact (None or empty) and a warning, so one garbled file never costs the answer.
+
+FACT_NAME_MAX = 64
 
 
-def read_int(sources, path):
-    fields = (sources.read(path) or "").split()
-    try:
-        return int(fields[0]) if fields else None
-    except ValueError:
+def _name_ok(name: str) -> bool:
+    """A counter name as the kernel prints it: a lower-case letter, then letters, digits, ``_``.
+
+    >>> _name_ok("insert_failed"), _name_ok("0000000b"), _name_ok("x=1")
+    (True, False, False)
+    """
+    return (
+        0 < len(name) <= FACT_NAME_MAX
+        and name[0] in _LOWER
+        and not name.strip(_LOWER + "_" + _DIGITS)
+    )
+
+
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+
+
+def parse_int(text: Optional[str], most: str = U32_MAX) -> Optional[int]:
+    """The one number of a /proc/sys file (nf_conntrack_count and _max are u32); None when
+    the file is missing.
+
+    >>> parse_int("262144\\n"), parse_int(None)
+    (262144, None)
+    """
+    if text is None:
         return None
+    fields = text.split()
+    if len(fields) != 1 or not _number_ok(fields[0], most):
+        raise ValueError("%r is not one number from 0 to %s" % (text[:40], most))
+    return int(fields[0])
 
 
-def parse_stat(text):
+def read_int(sources: Sources, path: str) -> Optional[int]:
+    """parse_int() of a file; raises ValueError when it is garbled."""
+    return parse_int(sources.read(path))
+
+
+def parse_stat(text: Optional[str]) -> Optional[Dict[str, int]]:
     """Sum /proc/net/stat/nf_conntrack by the header's names (``entries`` is not summed).
 
     >>> parse_stat("entries clashres found new invalid ignore delete chainlength insert "
@@ -734,128 +942,227 @@ def parse_stat(text):
     ...     "00000003 0 0 0 0 0 0 0 0 00000001 0 0\\n")["insert_failed"]
     3
     """
-    if not text:
+    if text is None:
         return None
-    lines = text.split("\n")
-    names = lines[0].split()
+    lines = [line.split() for line in text.split("\n") if line.strip()]
+    if not lines:
+        raise ValueError("the file is empty")
+    names = lines[0]
+    if not all(_name_ok(name) for name in names):
+        raise ValueError("the header is not counter names")
+    if len(lines) < 2:
+        raise ValueError("a header and no per-CPU rows")
     totals = dict((name, 0) for name in names)
-    for row in lines[1:]:
-        values = row.split()
+    for number, values in enumerate(lines[1:], 2):
         if len(values) != len(names):
-            continue
+            raise ValueError(
+                "line %d has %d fields, the header %d" % (number, len(values), len(names))
+            )
         for name, value in zip(names, values):
-            number = int(value, 16)
+            if not 0 < len(value) <= 16 or value.strip(_HEX):
+                raise ValueError("line %d: %r is not a hex counter" % (number, value[:40]))
+            count = int(value, 16)
             if name == "entries":
-                totals[name] = number
+                totals[name] = count
             else:
-                totals[name] += number
+                totals[name] += count
+    return _bounded(totals)
+
+
+def _bounded(totals: Dict[str, int]) -> Dict[str, int]:
+    """Counter totals, each a u64 (docs/json.md); raises ValueError."""
+    for name, total in totals.items():
+        if total > 0xFFFFFFFFFFFFFFFF:
+            raise ValueError("%s adds up to more than a 64-bit counter" % name)
     return totals
 
 
-def parse_conntrack_stats(text):
+def parse_conntrack_stats(text: Optional[str]) -> Optional[Dict[str, int]]:
     """Sum ``conntrack -S`` per-CPU lines (for boxes without /proc/net/stat/nf_conntrack).
 
     >>> parse_conntrack_stats("cpu=0 found=0 insert_failed=2 drop=1\\n"
     ...     "cpu=1 found=0 insert_failed=3 drop=0\\n")
     {'found': 0, 'insert_failed': 5, 'drop': 1}
     """
-    totals = {}
+    totals: Dict[str, int] = {}
     for line in (text or "").splitlines():
         for field in line.split():
             key, eq, value = field.partition("=")
-            if eq and key != "cpu" and value.isdigit():
-                totals[key] = totals.get(key, 0) + int(value)
-    return totals or None
+            if not eq or key == "cpu":
+                continue
+            if not (_name_ok(key) and _number_ok(value, U64_MAX)):
+                raise ValueError("%r is not name=number" % field[:40])
+            totals[key] = totals.get(key, 0) + int(value)
+    return _bounded(totals) or None
 
 
-def parse_fib_trie(text):
+def parse_port_range(text: Optional[str]) -> Optional[List[int]]:
+    """ip_local_port_range as ``[low, high]``; None when the file is missing.
+
+    >>> parse_port_range("32768\\t60999\\n")
+    [32768, 60999]
+    """
+    if text is None:
+        return None
+    fields = text.split()
+    if len(fields) != 2 or not all(_number_ok(field, PORT_MAX) for field in fields):
+        raise ValueError("%r is not two port numbers" % text[:40])
+    low, high = int(fields[0]), int(fields[1])
+    if low > high:
+        raise ValueError("the range %d-%d is empty" % (low, high))
+    return [low, high]
+
+
+def parse_hostname(text: Optional[str]) -> Optional[str]:
+    """The kernel's hostname; None when missing or empty.
+
+    >>> parse_hostname("nat-a\\n")
+    'nat-a'
+    """
+    name = (text or "").strip()
+    if "\n" in name:
+        raise ValueError("%d lines, not one name" % (name.count("\n") + 1))
+    if len(name) > HOSTNAME_MAX:
+        raise ValueError("%d characters, more than %d" % (len(name), HOSTNAME_MAX))
+    return name or None
+
+
+def parse_fib_trie(text: Optional[str]) -> List[str]:
     """The local IPv4 addresses (every interface and alias) from /proc/net/fib_trie.
 
     >>> parse_fib_trie("Local:\\n  +-- 198.51.100.0/24 2 0 2\\n     |-- 198.51.100.11\\n"
     ...     "        /32 host LOCAL\\n")
     ['198.51.100.11']
     """
-    found = []
+    found: List[str] = []
     last = None
     for line in (text or "").splitlines():
         stripped = line.strip()
         if stripped.startswith("|-- "):
             last = stripped[4:]
         elif stripped.startswith("/32 host LOCAL") and last and last not in found:
-            found.append(last)
+            if ":" in last:
+                raise ValueError("%r is not an IPv4 address" % last[:60])
+            found.append(canonical_address(last))
     return found
 
 
-def parse_if_inet6(text):
-    """The IPv6 addresses from /proc/net/if_inet6 (32 hex digits, then index, ...)."""
-    found = []
-    for line in (text or "").splitlines():
+def parse_if_inet6(text: Optional[str]) -> List[str]:
+    """The IPv6 addresses from /proc/net/if_inet6 (32 hex digits, then index, ...).
+
+    >>> parse_if_inet6("20010db8ffff00000000000000000001 02 40 00 80 eth0\\n")
+    ['2001:db8:ffff::1']
+    """
+    found: List[str] = []
+    for number, line in enumerate((text or "").splitlines(), 1):
         fields = line.split()
-        if fields and len(fields[0]) == 32:
-            raw = fields[0]
-            full = ":".join(raw[i : i + 4] for i in range(0, 32, 4))
-            try:
-                addr = canonical_address(full)
-            except Malformed:
-                continue
-            if addr not in found:
-                found.append(addr)
+        if not fields:
+            continue
+        raw = fields[0]
+        if len(raw) != 32 or raw.strip(_HEX):
+            raise ValueError("line %d does not start with 32 hex digits" % number)
+        addr = canonical_address(":".join(raw[i : i + 4] for i in range(0, 32, 4)))
+        if addr not in found:
+            found.append(addr)
     return found
 
 
-def parse_ethtool_stats(text):
-    """The ENA allowance counters an ``ethtool -S`` output has (missing keys stay missing)."""
-    found = {}
+def parse_ethtool_stats(text: Optional[str]) -> Dict[str, int]:
+    """The ENA allowance counters an ``ethtool -S`` output has (missing keys stay missing).
+
+    >>> parse_ethtool_stats("NIC statistics:\\n     pps_allowance_exceeded: 3\\n")
+    {'pps_allowance_exceeded': 3}
+    """
+    found: Dict[str, int] = {}
     for line in (text or "").splitlines():
         key, _, value = line.strip().partition(":")
         if key in ENA_KEYS:
-            try:
-                found[key] = int(value.strip())
-            except ValueError:
-                continue
+            value = value.strip()
+            if not _number_ok(value, U64_MAX):
+                raise ValueError("%s: %r is not a counter" % (key, value[:40]))
+            found[key] = int(value)
     return found
 
 
-def read_ena(sources):
-    """ENA allowance counters per ENA interface; {} where there is none."""
-    result = {}
+def _describe(exc: BaseException) -> str:
+    """An exception as a short message (ValueErrors say enough; others name their type)."""
+    text = str(exc)
+    if not isinstance(exc, ValueError) or isinstance(exc, UnicodeError):
+        text = "%s: %s" % (type(exc).__name__, text)
+    return text[:MESSAGE_MAX]
+
+
+def _fact(
+    warnings: List[str], what: str, unknown: Any, func: Callable[..., Any], *args: Any
+) -> Any:
+    """``func(*args)``, or ``unknown`` and a warning naming ``what`` when it raises anything."""
+    try:
+        return func(*args)
+    except Exception as exc:
+        warnings.append("%s: %s; taken as unknown" % (what, _describe(exc)))
+        return unknown
+
+
+def _parsed(parse: Callable[[Any], Any], read: Callable[[Any], Any], what: Any) -> Any:
+    """``parse(read(what))``: a fact from its text."""
+    return parse(read(what))
+
+
+_IFACE_CHARS = _LOWER + _LOWER.upper() + _DIGITS + "_.:@-"
+
+
+def read_ena(sources: Sources, warnings: Optional[List[str]] = None) -> Dict[str, Dict[str, int]]:
+    """ENA allowance counters per ENA interface; {} where there is none (an interface whose
+    ``ethtool -S`` is garbled is left out, with a warning)."""
+    said = [] if warnings is None else warnings
+    result: Dict[str, Dict[str, int]] = {}
     for iface in sources.listdir(SYS_NET):
         driver = sources.readlink(SYS_NET + "/" + iface + "/device/driver") or ""
         if driver.rstrip("/").split("/")[-1] != "ena":
             continue
-        stats = parse_ethtool_stats(sources.command(("ethtool", "-S", iface)))
+        if not 0 < len(iface) <= 15 or iface.strip(_IFACE_CHARS):
+            said.append("an ENA interface named %r: left out" % iface[:40])
+            continue
+        argv = ("ethtool", "-S", iface)
+        stats = _fact(said, " ".join(argv), {}, _parsed, parse_ethtool_stats, sources.command, argv)
         if stats:
             result[iface] = stats
     return result
 
 
-def host_facts(sources):
-    """count, max, stats, port range, own addresses, ENA counters, hostname."""
-    port_range = None
-    text = sources.read(PORT_RANGE_PATH)
-    if text:
-        try:
-            low, high = [int(x) for x in text.split()[:2]]
-            port_range = [low, high]
-        except ValueError:
-            port_range = None
-    hostname = (sources.read(HOSTNAME_PATH) or "").strip()
+def host_facts(sources: Sources, warnings: Optional[List[str]] = None) -> Json:
+    """count, max, stats, port range, own addresses, ENA counters, hostname.
+
+    Never raises: a fact whose file is garbled is unknown (None or empty), and ``warnings``
+    (when given) says which file and why.
+    """
+    said = [] if warnings is None else warnings
+
+    def fact(path: str, parse: Callable[[Optional[str]], Any], unknown: Any) -> Any:
+        return _fact(said, path, unknown, _parsed, parse, sources.read, path)
+
+    hostname = fact(HOSTNAME_PATH, parse_hostname, None)
     if not hostname and isinstance(sources, LocalSources) and sources.root == "/":
-        hostname = socket.gethostname()
+        hostname = _fact(said, "gethostname()", None, lambda: parse_hostname(socket.gethostname()))
+    stats = fact(STAT_PATH, parse_stat, None)
+    if stats is None:
+        command = ("conntrack", "-S")
+        stats = _fact(
+            said, " ".join(command), None, _parsed, parse_conntrack_stats, sources.command, command
+        )
     return {
-        "hostname": hostname or None,
-        "count": read_int(sources, COUNT_PATH),
-        "max": read_int(sources, MAX_PATH),
-        "stats": parse_stat(sources.read(STAT_PATH))
-        or parse_conntrack_stats(sources.command(("conntrack", "-S"))),
-        "port_range": port_range,
-        "addresses": parse_fib_trie(sources.read(FIB_TRIE_PATH))
-        + parse_if_inet6(sources.read(IF_INET6_PATH)),
-        "ena": read_ena(sources),
+        "hostname": hostname,
+        "count": fact(COUNT_PATH, parse_int, None),
+        "max": fact(MAX_PATH, parse_int, None),
+        "stats": stats,
+        "port_range": fact(PORT_RANGE_PATH, parse_port_range, None),
+        "addresses": fact(FIB_TRIE_PATH, parse_fib_trie, [])
+        + fact(IF_INET6_PATH, parse_if_inet6, []),
+        "ena": _fact(said, SYS_NET, {}, read_ena, sources, said),
     }
 
 
-def open_table(sources):
+def open_table(sources: Sources) -> Tuple[str, Stream]:
     """(source name, text stream) for the first table there is: /proc/net/nf_conntrack (or
     the ``--input`` dump), else ``conntrack -L -o extended``, else /proc/net/ip_conntrack.
     Raises AgentError."""
@@ -877,6 +1184,8 @@ def open_table(sources):
                     "permission",
                     "cannot read %s: permission denied; run as root (sudo natfleet ...)" % name,
                 ) from None
+            except (IOError, OSError) as exc:
+                raise AgentError("no_table", "cannot read %s: %s" % (name, exc)) from None
     raise AgentError(
         "no_table",
         "no conntrack table: %s is absent and conntrack-tools is not installed "
@@ -887,19 +1196,69 @@ def open_table(sources):
 
 # --------------------------------------------------------------------------- requests
 
+REQUEST_KEYS = ("mode", "filters", "sort", "top", "limit", "resolve", "resolve_budget", "jobs")
+FILTER_KEYS = ("proto", "src", "dst", "nat")
+MODES = ("list", "summary", "info")
+TOP_MAX = 1000
+JOBS_MAX = 64
+RESOLVE_BUDGET_MAX = 60.0
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
-def _networks(values, what):
-    nets = []
-    for value in values or ():
+
+def _bad(field: str, message: str) -> AgentError:
+    """A bad_request naming the request field (``filters.src``, ``top``, ...)."""
+    return AgentError("bad_request", "%s: %s" % (field, message))
+
+
+def _shown(value: Any) -> str:
+    """A request value, short, for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_field(
+    data: Json, field: str, low: int, high: Optional[int], default: Optional[int]
+) -> Optional[int]:
+    """An integer from ``low`` to ``high`` (no bound when None); null only when the
+    ``default`` is null."""
+    value: Any = data.get(field.split(".")[-1], default)
+    if value is None and default is None:
+        return None
+    span = "from %d to %d" % (low, high) if high is not None else "%d or more" % low
+    if not _is_int(value):
+        raise _bad(field, "must be an integer %s, not %s %s" % (span, _type(value), _shown(value)))
+    if value < low or (high is not None and value > high):
+        raise _bad(field, "must be an integer %s, not %s" % (span, _shown(value)))
+    return value
+
+
+def _networks(value: Any, field: str) -> List[Network]:
+    """A list of addresses or CIDRs (null: no filter)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        message = "must be a list of addresses or CIDRs, not %s %s" % (_type(value), _shown(value))
+        raise _bad(field, message)
+    nets: List[Network] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise _bad(field, "%s is not an address or CIDR (a string)" % _shown(item))
         try:
-            nets.append(ipaddress.ip_network(str(value), strict=False))
+            nets.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
-            message = "%s: %r is not an address or CIDR" % (what, value)
-            raise AgentError("bad_request", message) from None
+            raise _bad(field, "%s is not an address or CIDR" % _shown(item)) from None
     return nets
 
 
-def _in_networks(addr, nets, cache):
+def _in_networks(addr: str, nets: List[Network], cache: Dict[str, bool]) -> bool:
     hit = cache.get(addr)
     if hit is None:
         ip = ipaddress.ip_address(addr)
@@ -907,49 +1266,112 @@ def _in_networks(addr, nets, cache):
     return hit
 
 
+def _proto(value: Any) -> Optional[int]:
+    """A protocol filter: null, a name (``tcp``), digits (``"6"``) or a number 0-255."""
+    field = "filters.proto"
+    names = ", ".join(sorted(PROTO_NUMBERS))
+    if value is None:
+        return None
+    if _is_int(value):
+        if not 0 <= value <= 255:
+            raise _bad(field, "protocol numbers are 0 to 255, not %s" % _shown(value))
+        return int(value)
+    if not isinstance(value, str):
+        message = "must be a protocol name or number, not %s %s" % (_type(value), _shown(value))
+        raise _bad(field, message)
+    proto = value.lower()
+    if _number_ok(proto, BYTE_MAX):
+        return int(proto)
+    if proto in PROTO_NUMBERS:
+        return PROTO_NUMBERS[proto]
+    raise _bad(field, "unknown protocol %s (one of %s, or a number 0-255)" % (_shown(proto), names))
+
+
+def _keys(data: Json, allowed: Tuple[str, ...], where: str) -> None:
+    """Only documented keys: a typo must not silently mean "no filter"."""
+    for key in data:
+        if key not in allowed:
+            field = (where + str(key))[:80]
+            raise _bad(field, "unknown key (the keys are %s)" % ", ".join(allowed))
+
+
 class Request(object):
-    """A validated request (see docs/json.md); raises AgentError('bad_request')."""
+    """A validated request (see docs/json.md): the type and range of every field, each
+    error a bad_request naming its field.
 
-    def __init__(self, data):
+    >>> Request({"mode": "summary", "top": 3}).top
+    3
+    >>> handle({"filters": {"src": "192.0.2.0/24"}}, DumpSources())["error"]["message"]
+    "filters.src: must be a list of addresses or CIDRs, not str '192.0.2.0/24'"
+    """
+
+    def __init__(self, data: Any) -> None:
         if not isinstance(data, dict):
-            raise AgentError("bad_request", "the request must be a JSON object")
-        self.mode = data.get("mode", "list")
-        if self.mode not in ("list", "summary", "info"):
-            raise AgentError("bad_request", "mode must be list, summary or info")
-        filters = data.get("filters") or {}
-        proto = filters.get("proto")
-        self.pnum = None
-        if proto not in (None, ""):
-            proto = str(proto).lower()
-            if proto.isdigit():
-                self.pnum = int(proto)
-            elif proto in PROTO_NUMBERS:
-                self.pnum = PROTO_NUMBERS[proto]
-            else:
-                raise AgentError(
-                    "bad_request",
-                    "unknown protocol %r (one of %s, or a number)"
-                    % (proto, ", ".join(sorted(PROTO_NUMBERS))),
-                )
-        self.src = _networks(filters.get("src"), "-s")
-        self.dst = _networks(filters.get("dst"), "-d")
-        nat = filters.get("nat")
-        self.nat = frozenset(nat) if nat else TRANSLATED
-        if not self.nat <= frozenset(NAT_KINDS):
-            raise AgentError("bad_request", "nat kinds are %s" % ", ".join(NAT_KINDS))
-        self.sort = data.get("sort")
-        if self.sort not in (None,) + SORT_KEYS:
-            raise AgentError("bad_request", "sort must be one of %s" % ", ".join(SORT_KEYS))
-        self.top = int(data.get("top") or 10)
-        self.limit = data.get("limit")
-        self.resolve = bool(data.get("resolve"))
-        jobs = data.get("jobs")
-        self.jobs = None if jobs is None else int(jobs)
-        self.resolve_budget = float(data.get("resolve_budget") or 5.0)
-        self._src_cache = {}
-        self._dst_cache = {}
+            raise AgentError(
+                "bad_request", "the request must be a JSON object, not %s" % _type(data)
+            )
+        _keys(data, REQUEST_KEYS, "")
+        self.mode: str = data.get("mode", "list")
+        if self.mode not in MODES:
+            raise _bad("mode", "must be list, summary or info, not %s" % _shown(self.mode))
+        filters = data.get("filters")
+        if filters is None:
+            filters = {}
+        if not isinstance(filters, dict):
+            raise _bad(
+                "filters", "must be an object, not %s %s" % (_type(filters), _shown(filters))
+            )
+        _keys(filters, FILTER_KEYS, "filters.")
+        self.pnum = _proto(filters.get("proto"))
+        self.src = _networks(filters.get("src"), "filters.src")
+        self.dst = _networks(filters.get("dst"), "filters.dst")
+        self.nat = self._nat(filters.get("nat"))
+        self.sort: Optional[str] = data.get("sort")
+        if self.sort is not None and self.sort not in SORT_KEYS:
+            message = "must be one of %s (or null), not %s" % (
+                ", ".join(SORT_KEYS),
+                _shown(self.sort),
+            )
+            raise _bad("sort", message)
+        self.top = _int_field(data, "top", 1, TOP_MAX, 10) or 10
+        self.limit = _int_field(data, "limit", 1, None, None)
+        self.resolve: bool = data.get("resolve", False)
+        if not isinstance(self.resolve, bool):
+            raise _bad("resolve", "must be true or false, not %s" % _shown(self.resolve))
+        self.resolve_budget = self._budget(data.get("resolve_budget", 5.0))
+        self.jobs = _int_field(data, "jobs", 1, JOBS_MAX, None)
+        self._src_cache: Dict[str, bool] = {}
+        self._dst_cache: Dict[str, bool] = {}
 
-    def matches(self, fields, nat):
+    @staticmethod
+    def _nat(value: Any) -> FrozenSet[str]:
+        if value is None:
+            return TRANSLATED
+        if not isinstance(value, list):
+            message = "must be a list of NAT kinds, not %s %s" % (_type(value), _shown(value))
+            raise _bad("filters.nat", message)
+        for kind in value:
+            if not isinstance(kind, str) or kind not in NAT_KINDS:
+                message = "%s is not a NAT kind (one of %s)" % (_shown(kind), ", ".join(NAT_KINDS))
+                raise _bad("filters.nat", message)
+        return frozenset(value) or TRANSLATED
+
+    @staticmethod
+    def _budget(value: Any) -> float:
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or not 0 < value <= RESOLVE_BUDGET_MAX
+        ):
+            message = "must be a number of seconds above 0 and at most %g, not %s" % (
+                RESOLVE_BUDGET_MAX,
+                _shown(value),
+            )
+            raise _bad("resolve_budget", message)
+        return float(value)
+
+    def matches(self, fields: Fields, nat: str) -> bool:
         """netstat-nat's -p/-s/-d/-S/-D/-L/-R on parse_fields' tuple, done right (-d also
         matches a DNAT's public address and its real server)."""
         if nat not in self.nat:
@@ -964,17 +1386,17 @@ class Request(object):
         return _in_networks(fields[4], self.dst, cache) or _in_networks(fields[7], self.dst, cache)
 
 
-def _port(value):
-    return int(value) if value and value.isdigit() else -1
+def _port(value: Optional[str]) -> int:
+    return int(value) if value and value.isdecimal() else -1
 
 
-def sort_key(name):
+def sort_key(name: str) -> Callable[[Flow], Any]:
     """A numeric sort key function for ``-r src|dst|src-port|dst-port|state``."""
 
-    def src(flow):
+    def src(flow: Flow) -> Tuple[Tuple[bool, bytes], int]:
         return address_key(flow.osrc), _port(flow.osp)
 
-    def dst(flow):
+    def dst(flow: Flow) -> Tuple[Tuple[bool, bytes], int]:
         d = flow.shown()[2]
         return address_key(d[0]), _port(d[1])
 
@@ -1001,17 +1423,17 @@ class TopCounter(object):
     [('b', 3), ('a', 2)]
     """
 
-    def __init__(self, capacity=COUNTER_CAPACITY):
-        self.counts = {}
+    def __init__(self, capacity: int = COUNTER_CAPACITY) -> None:
+        self.counts: Dict[Any, int] = {}
         self.capacity = capacity
         self.error = 0
 
-    def add(self, key, n=1):
+    def add(self, key: Any, n: int = 1) -> None:
         counts = self.counts
         counts[key] = counts.get(key, 0) + n
         self.prune()
 
-    def prune(self):
+    def prune(self) -> None:
         """Keep the heaviest half once over capacity (callers may add in bulk, then prune)."""
         counts = self.counts
         if len(counts) > self.capacity:
@@ -1020,16 +1442,18 @@ class TopCounter(object):
             self.error += keep[half][1]  # a dropped key may come back and be dropped again
             self.counts = dict(keep[:half])
 
-    def top(self, n):
+    def top(self, n: int) -> List[Tuple[Any, int]]:
         return sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
 
 
+# project(flow) -> (sort key, value): a listing of plain values (see run())
+Project = Callable[[Flow], Tuple[Any, Any]]
 BLOCK_CHARS = 1 << 20
 PARALLEL_MIN_FLOWS = 50000
 MAX_WORKERS = 4
 
 
-def _blocks(stream, size=BLOCK_CHARS):
+def _blocks(stream: Stream, size: int = BLOCK_CHARS) -> Iterator[Tuple[int, str]]:
     """(first line number, text of whole lines) blocks of about ``size`` characters."""
     lineno = 1
     while True:
@@ -1042,7 +1466,7 @@ def _blocks(stream, size=BLOCK_CHARS):
         lineno += text.count("\n")
 
 
-def _lines(text):
+def _lines(text: str) -> List[str]:
     lines = text.split("\n")
     if lines and not lines[-1]:
         lines.pop()
@@ -1056,29 +1480,36 @@ class Tally(object):
     rendered line), which is what lets a listing run in worker processes too.
     """
 
-    def __init__(self, request, own, project=None):
+    def __init__(
+        self, request: Request, own: FrozenSet[str], project: Optional[Project] = None
+    ) -> None:
         self.own = own
         self.summary = Summary(request.top) if request.mode == "summary" else None
         self.matches = request.matches
         self.project = project
-        self.kept = []
-        self.malformed = {"count": 0, "examples": []}
+        self.kept: List[Any] = []
+        self.bad = 0
+        self.examples: List[Json] = []
         self.skipped = 0  # blank lines and conntrack's own count line: not table entries
 
-    def feed(self, first, lines):
+    @property
+    def malformed(self) -> Json:
+        return {"count": self.bad, "examples": self.examples}
+
+    def feed(self, first: int, lines: List[str]) -> None:
         """Parse, classify and count ``lines`` (numbered from ``first``)."""
         own, summary, matches, kept = self.own, self.summary, self.matches, self.kept
         project = self.project
         for lineno, line in enumerate(lines, first):
             try:
                 fields = parse_fields(line)
-            except Malformed:
+            except ValueError:  # Malformed, or a number Python will not convert
                 if not line.strip() or _is_trailer(line):
                     self.skipped += 1
                     continue
-                self.malformed["count"] += 1
-                if len(self.malformed["examples"]) < MALFORMED_EXAMPLES:
-                    self.malformed["examples"].append({"line": lineno, "text": line[:500]})
+                self.bad += 1
+                if len(self.examples) < MALFORMED_EXAMPLES:
+                    self.examples.append({"line": lineno, "text": line[:500]})
                 continue
             nat = nat_kind(fields, own)
             if summary is not None:
@@ -1087,21 +1518,21 @@ class Tally(object):
                 flow = Flow(fields, nat, line)
                 kept.append(project(flow) if project else flow)
 
-    def merge(self, state):
+    def merge(self, state: Json) -> None:
         """Add another process's :meth:`state`."""
         if self.summary is not None:
             self.summary.merge(state["summary"])
         else:
             self.kept.extend(state["kept"])
         self.skipped += state["skipped"]
-        self.malformed["count"] += state["malformed"]["count"]
-        examples = self.malformed["examples"] + state["malformed"]["examples"]
+        self.bad += state["malformed"]["count"]
+        examples = self.examples + state["malformed"]["examples"]
         examples.sort(key=lambda ex: ex["line"])
-        self.malformed["examples"] = examples[:MALFORMED_EXAMPLES]
+        self.examples = examples[:MALFORMED_EXAMPLES]
 
-    def state(self):
+    def state(self) -> Json:
         """What this process found, in plain values (marshal-able)."""
-        found = {"malformed": self.malformed, "skipped": self.skipped}
+        found: Json = {"malformed": self.malformed, "skipped": self.skipped}
         if self.summary is not None:
             found["summary"] = self.summary.state()
         else:
@@ -1109,7 +1540,7 @@ class Tally(object):
         return found
 
 
-def workers_for(request, expected_flows, projected=False):
+def workers_for(request: Request, expected_flows: Optional[int], projected: bool = False) -> int:
     """How many processes a scan may use: one, unless the table is big, the machine has
     cores to spare and this process has no other threads (fork is only safe then).
 
@@ -1127,7 +1558,13 @@ def workers_for(request, expected_flows, projected=False):
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
-def scan(request, sources, own=None, expected_flows=None, project=None):
+def scan(
+    request: Request,
+    sources: Sources,
+    own: Optional[Iterable[str]] = None,
+    expected_flows: Optional[int] = None,
+    project: Optional[Project] = None,
+) -> "Tuple[str, Union[Summary, List[Any]], int, Json]":
     """Walk the table once: (source name, kept Flows or a Summary, table lines read (not
     counting blank lines and conntrack's count line), malformed).
 
@@ -1135,29 +1572,36 @@ def scan(request, sources, own=None, expected_flows=None, project=None):
     flows are kept; in summary mode only counters, so memory does not grow with the table.
     A big summary is spread over worker processes (see :func:`workers_for`).
     """
-    own = frozenset(own or ())
+    mine = frozenset(own or ())
     source, stream = open_table(sources)
-    tally = Tally(request, own, project)
+    tally = Tally(request, mine, project)
     lines = 0
     workers = workers_for(request, expected_flows, project is not None)
     with stream:
         if workers > 1:
-            lines = _scan_parallel(stream, tally, request, own, workers, project)
+            lines = _scan_parallel(stream, tally, request, mine, workers, project)
         else:
             for first, text in _blocks(stream):
                 block = _lines(text)
                 tally.feed(first, block)
                 lines = first + len(block) - 1
-    result = tally.summary if tally.summary is not None else tally.kept
+    result: Any = tally.summary if tally.summary is not None else tally.kept
     return source, result, lines - tally.skipped, tally.malformed
 
 
-def _scan_parallel(stream, tally, request, own, workers, project=None):
+def _scan_parallel(
+    stream: Stream,
+    tally: Tally,
+    request: Request,
+    own: FrozenSet[str],
+    workers: int,
+    project: Optional[Project] = None,
+) -> int:
     """Deal blocks round-robin to forked workers over pipes; merge what they counted.
 
     Workers run at a lower priority (nice 10): on a NAT box the forwarding path comes first.
     """
-    children = []
+    children: List[Tuple[int, int, int]] = []
     for _ in range(workers):
         block_r, block_w = os.pipe()
         result_r, result_w = os.pipe()
@@ -1174,9 +1618,9 @@ def _scan_parallel(stream, tally, request, own, workers, project=None):
                 mine = Tally(request, own, project)
                 with os.fdopen(block_r, "rb") as blocks:
                     for header in blocks:
-                        first, size = header.split()
-                        text = blocks.read(int(size)).decode("utf-8", "surrogatepass")
-                        mine.feed(int(first), _lines(text))
+                        start, size = header.split()
+                        chunk = blocks.read(int(size)).decode("utf-8", "surrogatepass")
+                        mine.feed(int(start), _lines(chunk))
                 with os.fdopen(result_w, "wb") as out:
                     marshal.dump(mine.state(), out)
                 status = 0
@@ -1210,7 +1654,7 @@ def _scan_parallel(stream, tally, request, own, workers, project=None):
     return lines
 
 
-def _write_all(fd, data):
+def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -1225,16 +1669,16 @@ class Summary(object):
 
     PRUNE_EVERY = 4096
 
-    def __init__(self, top=10):
+    def __init__(self, top: int = 10) -> None:
         self.top_n = top
         self.flows = 0
-        self.kinds = {}  # (proto, state, nat) -> flows
+        self.kinds: Dict[Tuple[int, str, str], int] = {}
         self.sources = TopCounter()
         self.destinations = TopCounter()
         self.ports = TopCounter()
         self.tcp_snat_established = 0
 
-    def add(self, fields, nat, line):
+    def add(self, fields: Fields, nat: str, line: str) -> None:
         """Count one flow (parse_fields' tuple, its NAT kind, its raw line)."""
         self.flows += 1
         pnum, _timeout, state, osrc, _odst, _osp, _odp, rsrc, rdst, rsp = fields[:10]
@@ -1254,14 +1698,14 @@ class Summary(object):
         if not self.flows % self.PRUNE_EVERY:
             self.prune()
 
-    def counters(self):
+    def counters(self) -> Tuple[TopCounter, TopCounter, TopCounter]:
         return self.sources, self.destinations, self.ports
 
-    def prune(self):
+    def prune(self) -> None:
         for counter in self.counters():
             counter.prune()
 
-    def state(self):
+    def state(self) -> Json:
         """Everything counted, in plain values (for merging across processes)."""
         self.prune()
         return {
@@ -1271,7 +1715,7 @@ class Summary(object):
             "counters": [(c.counts, c.error) for c in self.counters()],
         }
 
-    def merge(self, state):
+    def merge(self, state: Json) -> None:
         """Add another Summary's :meth:`state`; dropped-count bounds add up."""
         self.flows += state["flows"]
         self.tcp_snat_established += state["tcp_snat_established"]
@@ -1282,15 +1726,15 @@ class Summary(object):
             for key, n in counts.items():
                 counter.add(key, n)
 
-    def _by(self, index):
-        out = {}
+    def _by(self, index: int) -> Dict[str, int]:
+        out: Dict[str, int] = {}
         for key, n in self.kinds.items():
             proto = proto_name(key[0])
             name = proto if index == 0 else key[2] if index == 2 else proto + ":" + key[1]
             out[name] = out.get(name, 0) + n
         return out
 
-    def to_json(self, port_range):
+    def to_json(self, port_range: Optional[List[int]]) -> Json:
         self.prune()
         by_nat = self._by(2)
         size = port_range[1] - port_range[0] + 1 if port_range else None
@@ -1323,21 +1767,21 @@ class Summary(object):
 RESOLVER_THREADS = 16
 
 
-def resolve_names(addresses, budget):
+def resolve_names(addresses: Iterable[Optional[str]], budget: float) -> Dict[str, str]:
     """Reverse-resolve addresses within ``budget`` seconds in all; unresolved are left out.
 
     Lookups run on daemon threads, so one still blocked in the resolver when the budget is
     spent delays neither the answer nor the agent's exit.
     """
     pending = sorted(set(a for a in addresses if a))
-    names = {}
+    names: Dict[str, str] = {}
     if not pending:
         return names
     lock = threading.Lock()
     done = threading.Event()
     left = [len(pending)]
 
-    def work():
+    def work() -> None:
         while True:
             with lock:
                 if not pending:
@@ -1362,92 +1806,221 @@ def resolve_names(addresses, budget):
         return dict(names)
 
 
-def run(request, sources, project=None):
+def run(
+    request: Request, sources: Sources, project: Optional[Project] = None
+) -> Tuple[Json, List[Any]]:
     """Serve a validated Request: the answer dict minus rows, and the kept flows (list mode).
 
     Used in-process by ``natfleet local`` (which renders Flow objects directly) and by
     :func:`handle` (which turns them into JSON rows). With ``project(flow) -> (sort key,
     value)`` the listing is a sorted list of those pairs instead, and may use several
-    processes; names are not resolved then.
+    processes; names are not resolved then. A garbled host fact is unknown, with a warning.
     """
-    started = time.time()
-    facts = host_facts(sources)
-    answer = {"agent": AGENT_VERSION, "ok": True, "warnings": []}
+    started = time.monotonic()
+    warnings: List[str] = []
+    facts = host_facts(sources, warnings)
+    answer: Json = {"agent": AGENT_VERSION, "ok": True, "warnings": warnings}
     answer.update(facts)
-    flows = []
+    flows: List[Any] = []
     if request.mode == "info":
         answer["source"] = None
+        _cap_warnings(warnings)
         return answer, flows
     own = set(facts["addresses"])
     if not own:
-        answer["warnings"].append(
-            "the box's own addresses are unknown: connections to it show as routed"
-        )
+        warnings.append("the box's own addresses are unknown: connections to it show as routed")
     source, result, lines, malformed = scan(request, sources, own, facts["count"], project)
     answer["source"] = source
     answer["lines"] = lines
     answer["malformed"] = malformed
     if answer["count"] is None and source != TABLE_PROC:
         answer["count"] = lines - malformed["count"]
-    if request.mode == "summary":
+    if isinstance(result, Summary):
         answer["summary"] = result.to_json(facts["port_range"])
         answer["matched"] = result.flows
-        fill = None
-        if answer["count"] is not None and answer["max"]:
-            fill = round(100.0 * answer["count"] / answer["max"], 2)
-        answer["summary"]["fill_pct"] = fill
+        answer["summary"]["fill_pct"] = _percent(answer["count"], answer["max"])
     else:
         flows = result
         flows.sort(key=(lambda pair: pair[0]) if project else sort_key(request.sort or "src"))
         if request.limit is not None:
-            flows = flows[: int(request.limit)]
+            flows = flows[: request.limit]
         answer["matched"] = len(result)
         if request.resolve and not project:
-            addrs = set()
+            addrs: Set[str] = set()
             for flow in flows:
                 addrs.update((flow.osrc, flow.odst, flow.rsrc, flow.rdst))
             answer["names"] = resolve_names(addrs, request.resolve_budget)
-    answer["seconds"] = round(time.time() - started, 3)
+    _cap_warnings(warnings)
+    answer["seconds"] = round(max(0.0, time.monotonic() - started), 3)
     return answer, flows
 
 
-def failure(kind, message):
-    """An ``ok: false`` answer."""
-    return {"agent": AGENT_VERSION, "ok": False, "error": {"kind": kind, "message": message}}
+def _cap_warnings(warnings: List[str]) -> None:
+    """At most WARNINGS_MAX warnings, the last saying how many more there were."""
+    if len(warnings) > WARNINGS_MAX:
+        more = len(warnings) - WARNINGS_MAX + 1
+        warnings[WARNINGS_MAX - 1 :] = ["and %d more warnings" % more]
 
 
-def handle(data, sources):
-    """Serve a request dict; never raises (errors become ``{"ok": false, "error": ...}``).
+def _percent(part: Optional[int], whole: Optional[int]) -> Optional[float]:
+    """``part`` in percent of ``whole``, to 2 places; None when either is unknown or 0.
+
+    >>> _percent(1, 3), _percent(5, 0), _percent(None, 10), _percent(10**400, 3)
+    (33.33, None, None, None)
+    """
+    if part is None or not whole or part < 0 or whole < 0:
+        return None
+    try:
+        value = round(100 * part / whole, 2)  # int / int: exact until the float rounding
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def failure(kind: str, message: str) -> Json:
+    """An ``ok: false`` answer (the message capped at MESSAGE_MAX characters).
+
+    >>> failure("bad_request", "top: must be an integer")["error"]["kind"]
+    'bad_request'
+    """
+    error = {"kind": kind, "message": message[:MESSAGE_MAX]}
+    return {"agent": AGENT_VERSION, "ok": False, "error": error}
+
+
+def _failure_for(exc: BaseException) -> Json:
+    """The failure answer for an exception: an AgentError says its kind, anything else is a
+    bug that must still end in an answer."""
+    if isinstance(exc, AgentError):
+        return failure(exc.kind, str(exc))
+    return failure("agent", "internal error: %s: %s" % (type(exc).__name__, exc))
+
+
+def _serve(data: Any, sources: Sources) -> Tuple[Json, Optional[List[Any]]]:
+    """(answer without rows, the flows to list or None) for a request; raises."""
+    request = Request(data)
+    answer, flows = run(request, sources)
+    return answer, flows if request.mode == "list" else None
+
+
+def handle(data: Any, sources: Sources) -> Json:
+    """Serve a request dict in-process, rows as a list; never raises: an error is an
+    ``{"ok": false, "error": ...}`` answer.
 
     >>> handle({"mode": "bogus"}, DumpSources())["error"]["kind"]
     'bad_request'
+    >>> handle({"top": "x"}, DumpSources())["error"]["message"]
+    "top: must be an integer from 1 to 1000, not str 'x'"
     """
     try:
-        request = Request(data)
-        answer, flows = run(request, sources)
-        if request.mode == "list":
+        answer, flows = _serve(data, sources)
+        if flows is not None:
             answer["rows"] = [flow.to_json() for flow in flows]
         return answer
-    except AgentError as exc:
-        return {
-            "agent": AGENT_VERSION,
-            "ok": False,
-            "error": {"kind": exc.kind, "message": str(exc)},
-        }
+    except Exception as exc:
+        return _failure_for(exc)
 
 
-def main():
-    """Read one JSON request on stdin, write one JSON answer on stdout."""
-    raw = sys.stdin.buffer.read()
+_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
+def encode(value: Any) -> str:
+    """One line of the wire format: strict, ASCII-only, compact JSON (raises ValueError for
+    a non-finite number rather than writing ``NaN``).
+
+    >>> encode({"host": "nat-\\u00e9", "pct": 0.5})
+    '{"host":"nat-\\\\u00e9","pct":0.5}'
+    """
+    return _ENCODER.encode(value)
+
+
+def answer_lines(data: Any, sources: Sources) -> Iterator[str]:
+    """Serve a request as wire format 2 (docs/json.md): the header line (the answer without
+    rows; ``"rows": N`` in list mode), then N row lines; lines have no newline. Never
+    raises: a failure is the single failure line. Should a row fail after the header (a bug),
+    the failure line takes its place and ends the answer, so it is never short unnoticed.
+
+    >>> table = DumpSources({TABLE_PROC: "ipv4 2 udp 17 29 src=192.0.2.1 dst=203.0.113.53 "
+    ...     "sport=5353 dport=53 [UNREPLIED] src=203.0.113.53 dst=198.51.100.1 sport=53 "
+    ...     "dport=5353 use=1\\n"})
+    >>> header, row = answer_lines({"mode": "list"}, table)
+    >>> json.loads(header)["rows"], json.loads(row)["reply"]["dst"]
+    (1, '198.51.100.1')
+    >>> list(answer_lines({"mode": "bogus"}, table))[0][:40]
+    '{"agent":2,"ok":false,"error":{"kind":"b'
+    """
     try:
-        data = json.loads(raw.decode("utf-8") or "{}")
-        answer = handle(data, LocalSources("/"))
-    except ValueError as exc:
-        answer = failure("bad_request", "request is not JSON: %s" % exc)
-    sys.stdout.write(json.dumps(answer, separators=(",", ":")))
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+        answer, flows = _serve(data, sources)
+        if flows is not None:
+            answer["rows"] = len(flows)
+        header = encode(answer)
+    except Exception as exc:
+        yield encode(_failure_for(exc))
+        return
+    yield header
+    for number, flow in enumerate(flows or (), 1):
+        try:
+            line = encode(flow.to_json())
+        except Exception as exc:
+            message = "row %d of %d: %s" % (number, len(flows or ()), _describe(exc))
+            yield encode(_failure_for(AgentError("agent", "internal error: " + message)))
+            return
+        yield line
+
+
+def read_request(stream: IO[bytes], limit: int = MAX_REQUEST_BYTES) -> Any:
+    """The request object from a byte stream (empty means ``{}``); raises AgentError
+    (bad_request) for more than ``limit`` bytes or text that is not JSON.
+
+    >>> read_request(io.BytesIO(b'{"mode": "info"}'))
+    {'mode': 'info'}
+    """
+    raw = stream.read(limit + 1)
+    if len(raw) > limit:
+        raise AgentError("bad_request", "the request is over %d bytes" % limit)
+    try:
+        return json.loads(raw.decode("utf-8").strip() or "{}")
+    except Exception as exc:  # bad UTF-8, bad JSON, nesting too deep for the parser
+        raise AgentError("bad_request", "request is not JSON: %s" % _describe(exc)) from None
+
+
+def write_lines(out: IO[str], lines: Iterable[str], chunk: int = OUT_CHUNK_CHARS) -> None:
+    """Write ``lines``, each ended by a newline, in writes of about ``chunk`` characters."""
+    pending: List[str] = []
+    size = 0
+    for line in lines:
+        pending.append(line)
+        size += len(line) + 1
+        if size >= chunk:
+            pending.append("")
+            out.write("\n".join(pending))
+            pending = []
+            size = 0
+    if pending:
+        pending.append("")
+        out.write("\n".join(pending))
+    out.flush()
+
+
+def main(sources: Optional[Sources] = None) -> int:
+    """Read one JSON request on stdin, write the wire format 2 answer on stdout; 0, or 1 if
+    stdout was closed before the answer was all written."""
+    try:
+        data = read_request(sys.stdin.buffer)
+    except AgentError as exc:
+        lines: Iterator[str] = iter([encode(_failure_for(exc))])
+    else:
+        lines = answer_lines(data, LocalSources("/") if sources is None else sources)
+    try:
+        write_lines(sys.stdout, lines)
+    except (IOError, OSError):  # the reader went away (e.g. natfleet's byte cap): say nothing
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+        except (IOError, OSError, ValueError):
+            pass
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

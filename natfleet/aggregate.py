@@ -1,16 +1,26 @@
-"""Merge per-box agent answers: one fleet-wide connection list, per-box summaries, a total.
+"""Merge checked per-box answers: one fleet-wide connection list, per-box summaries, a total.
+
+Everything here works on typed records from the trust boundary (natfleet.answer); nothing
+here prints.
 
 Example:
-    >>> flows, targets = merge_flows(results, sort="src")   # results from fleet.run_fleet
-    >>> records = [summary_record(r) for r in results] + [fleet_total(results)]
+    >>> from natfleet import api
+    >>> targets, _ = api.resolve_targets(inputs=["tests/data/tables/lab-box.txt"])
+    >>> merged = merge_flows(api.read_fleet(targets, api.list_request()), sort="dst-port")
+    >>> merged.flows[0].proto, merged.targets[0]["host"]
+    ('icmp', 'tests/data/tables/lab-box.txt')
+    >>> fleet_total(api.read_fleet(targets, api.summary_request()))["snat"]
+    15
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from natfleet.agent import Flow, Malformed, canonical_address, sort_key
+from natfleet.agent import Flow, sort_key
+from natfleet.answer import PortPressure
 from natfleet.models import HostError, HostResult, Target
 
 Outcome = Union[HostResult, HostError]
@@ -27,39 +37,32 @@ def target_json(target: Target) -> dict[str, Any]:
     }
 
 
-def merge_flows(
-    results: Sequence[Outcome], sort: Optional[str] = None
-) -> tuple[list[Flow], list[dict[str, Any]]]:
-    """Every row of every box as Flow objects, sorted fleet-wide (numeric; ties keep box
-    order), with each row's target."""
-    pairs: list[tuple[Flow, dict[str, Any]]] = []
-    for result in results:
-        if isinstance(result, HostError):
-            continue
-        where = target_json(result.target)
-        bad = 0
-        for row in result.rows:
-            try:
-                pairs.append((Flow.from_json(row), where))
-            except (Malformed, KeyError, TypeError, AttributeError):
-                bad += 1
-        if bad:  # said on stderr by report_problems, never silently dropped
-            result.answer.setdefault("warnings", []).append(
-                f"{bad} row(s) in the box's answer were not valid rows and are not shown"
-            )
-    key = sort_key(sort or "src")
-    pairs.sort(key=lambda pair: key(pair[0]))
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+@dataclass
+class Merged:
+    """Every row of every box, sorted fleet-wide, with each row's box and that box's names
+    (a box's reverse lookups apply to its own rows only)."""
+
+    flows: list[Flow]
+    targets: list[dict[str, Any]]
+    names: list[dict[str, str]]
+
+    def head(self, limit: Optional[int]) -> Merged:
+        if limit is None:
+            return self
+        return Merged(self.flows[:limit], self.targets[:limit], self.names[:limit])
 
 
-def merged_names(results: Sequence[Outcome]) -> dict[str, str]:
-    """Address -> name, as each box resolved them (first box wins)."""
-    names: dict[str, str] = {}
+def merge_flows(results: Sequence[Outcome], sort: Optional[str] = None) -> Merged:
+    """Every row of every answering box, sorted numerically (ties keep box order)."""
+    triples: list[tuple[Flow, dict[str, Any], dict[str, str]]] = []
     for result in results:
         if isinstance(result, HostResult):
-            for addr, name in (result.answer.get("names") or {}).items():
-                names.setdefault(addr, name)
-    return names
+            where = target_json(result.target)
+            names = result.answer.names
+            triples.extend((flow, where, names) for flow in result.answer.flows)
+    key = sort_key(sort or "src")
+    triples.sort(key=lambda triple: key(triple[0]))
+    return Merged([t[0] for t in triples], [t[1] for t in triples], [t[2] for t in triples])
 
 
 def error_record(error: HostError) -> dict[str, Any]:
@@ -72,15 +75,8 @@ def error_record(error: HostError) -> dict[str, Any]:
     }
 
 
-def _top(pairs: Sequence[Sequence[Any]], n: int = 1) -> str:
-    return ", ".join(f"{_addr(a)} ({c})" for a, c in list(pairs)[:n])
-
-
-def _addr(value: Any) -> str:
-    try:
-        return canonical_address(str(value))
-    except ValueError:
-        return str(value)
+def _top(pairs: Sequence[tuple[str, int]], n: int = 1) -> str:
+    return ", ".join(f"{a} ({c})" for a, c in list(pairs)[:n])
 
 
 def _states(by_state: dict[str, int], n: int = 3) -> str:
@@ -88,18 +84,22 @@ def _states(by_state: dict[str, int], n: int = 3) -> str:
     return ", ".join(f"{k} {v}" for k, v in top)
 
 
-def pressure_text(pressure: Sequence[dict[str, Any]]) -> str:
+def pressure_text(pressure: Sequence[PortPressure]) -> str:
     """The worst (NAT address, destination) port use.
 
-    >>> pressure_text([{"pct": 2.1, "ports": 593, "nat_ip": "198.51.100.11",
-    ...     "dst": "203.0.113.5", "dport": 443, "proto": "tcp"}])
+    >>> pressure_text([PortPressure("198.51.100.11", "203.0.113.5", 443, "tcp", 593, 2.1)])
     '2.1% (593) 198.51.100.11->203.0.113.5:443/tcp'
     """
     if not pressure:
         return "-"
     p = pressure[0]
-    pct = "?" if p.get("pct") is None else f"{p['pct']:.1f}%"
-    return f"{pct} ({p['ports']}) {p['nat_ip']}->{_addr(p['dst'])}:{p['dport']}/{p['proto']}"
+    pct = "?" if p.pct is None else f"{p.pct:.1f}%"
+    dst = f"[{p.dst}]" if ":" in p.dst else p.dst
+    return f"{pct} ({p.ports}) {p.nat_ip}->{dst}:{p.dport}/{p.proto}"
+
+
+def _drops(stats: Optional[dict[str, int]]) -> str:
+    return "/".join(str(stats.get(k, "?")) for k in INCIDENT) if stats else "?"
 
 
 def summary_record(result: Outcome) -> dict[str, Any]:
@@ -107,25 +107,27 @@ def summary_record(result: Outcome) -> dict[str, Any]:
     where = target_json(result.target)
     if isinstance(result, HostError):
         return {"host": where["label"], "error": f"{result.kind}: {result.message}"}
-    answer, s = result.answer, result.summary
-    stats = answer.get("stats") or {}
-    by_nat = s.get("by_nat", {})
+    answer = result.answer
+    s = answer.summary
+    if s is None:  # not a summary answer: only its facts
+        return {"host": where["label"], "max": answer.facts.max, "error": ""}
+    by_nat = s.by_nat
     return {
         "host": where["label"],
-        "flows": s.get("flows"),
-        "max": answer.get("max"),
-        "fill_pct": s.get("fill_pct"),
-        "tcp_snat_est": s.get("tcp_snat_established"),
-        "snat": by_nat.get("snat", 0) + by_nat.get("snat+dnat", 0),
-        "dnat": by_nat.get("dnat", 0) + by_nat.get("snat+dnat", 0),
-        "local": by_nat.get("local", 0),
-        "routed": by_nat.get("routed", 0),
-        "states": _states(s.get("by_state", {})),
-        "drops": "/".join(str(stats.get(k, "?")) for k in INCIDENT) if stats else "?",
-        "port_pressure": pressure_text(s.get("port_pressure", [])),
-        "top_source": _top(s.get("top_sources", [])),
-        "top_destination": _top(s.get("top_destinations", [])),
-        "malformed": (answer.get("malformed") or {}).get("count", 0),
+        "flows": s.flows,
+        "max": answer.facts.max,
+        "fill_pct": s.fill_pct,
+        "tcp_snat_est": s.tcp_snat_established,
+        "snat": by_nat["snat"] + by_nat["snat+dnat"],
+        "dnat": by_nat["dnat"] + by_nat["snat+dnat"],
+        "local": by_nat["local"],
+        "routed": by_nat["routed"],
+        "states": _states(s.by_state),
+        "drops": _drops(answer.facts.stats),
+        "port_pressure": pressure_text(s.port_pressure),
+        "top_source": _top(s.top_sources),
+        "top_destination": _top(s.top_destinations),
+        "malformed": answer.malformed.count,
         "error": "",
     }
 
@@ -151,50 +153,52 @@ SUMMARY_COLUMNS = (
 def fleet_total(results: Sequence[Outcome]) -> dict[str, Any]:
     """The fleet row: sums of flows and NAT kinds and drops, the fullest table, the worst
     port pressure, the busiest source across boxes."""
-    ok = [r for r in results if isinstance(r, HostResult)]
+    ok = [r for r in results if isinstance(r, HostResult) and r.answer.summary is not None]
     total: dict[str, Any] = {"host": f"TOTAL ({len(ok)}/{len(results)} boxes)"}
     records = [summary_record(r) for r in ok]
     for key in ("flows", "tcp_snat_est", "snat", "dnat", "local", "routed", "malformed"):
-        total[key] = sum(rec.get(key) or 0 for rec in records)
-    fills = [rec["fill_pct"] for rec in records if rec.get("fill_pct") is not None]
+        total[key] = sum(rec[key] for rec in records)
+    fills = [rec["fill_pct"] for rec in records if rec["fill_pct"] is not None]
     total["fill_pct"] = max(fills) if fills else None
-    drops = [0, 0, 0]
-    known = False
-    for r in ok:
-        stats = r.answer.get("stats") or {}
-        if stats:
-            known = True
-            drops = [d + stats.get(k, 0) for d, k in zip(drops, INCIDENT)]
-    total["drops"] = "/".join(map(str, drops)) if known else "?"
-    worst = [p for r in ok for p in r.summary.get("port_pressure", [])[:1]]
-    worst.sort(key=lambda p: -(p.get("ports") or 0))
+    known = [r.answer.facts.stats for r in ok if r.answer.facts.stats]
+    total["drops"] = (
+        "/".join(str(sum(stats.get(k, 0) for stats in known)) for k in INCIDENT) if known else "?"
+    )
+    summaries = [r.answer.summary for r in ok if r.answer.summary is not None]
+    worst = [p for s in summaries for p in s.port_pressure[:1]]
+    worst.sort(key=lambda p: -p.ports)
     total["port_pressure"] = pressure_text(worst)
     sources: dict[str, int] = {}
-    for r in ok:
-        for addr, count in r.summary.get("top_sources", []):
-            sources[addr] = sources.get(addr, 0) + count
-    total["top_source"] = _top(sorted(sources.items(), key=lambda kv: -kv[1]))
     states: dict[str, int] = {}
-    for r in ok:
-        for k, v in r.summary.get("by_state", {}).items():
+    for s in summaries:
+        for addr, count in s.top_sources:
+            sources[addr] = sources.get(addr, 0) + count
+        for k, v in s.by_state.items():
             states[k] = states.get(k, 0) + v
+    total["top_source"] = _top(sorted(sources.items(), key=lambda kv: (-kv[1], kv[0])))
     total["states"] = _states(states)
     total["top_destination"] = ""
-    total["error"] = f"{len(results) - len(ok)} failed" if len(ok) < len(results) else ""
+    failed = len(results) - len(ok)
+    total["error"] = f"{failed} failed" if failed else ""
     return total
 
 
 def summary_json(results: Sequence[Outcome]) -> dict[str, Any]:
-    """The documented JSON of ``natfleet summary``: every box's full answer, and the total."""
+    """The documented JSON of ``natfleet summary``: every box's checked answer, and the total."""
     boxes = []
     for result in results:
         if isinstance(result, HostError):
             boxes.append(error_record(result))
             continue
-        answer = {k: v for k, v in result.answer.items() if k != "rows"}
         transport = {
             "seconds": round(result.seconds, 3),
             "bytes_received": result.bytes_received,
         }
-        boxes.append({"target": target_json(result.target), **answer, "transport": transport})
+        boxes.append(
+            {
+                "target": target_json(result.target),
+                **result.answer.to_json(),
+                "transport": transport,
+            }
+        )
     return {"boxes": boxes, "total": fleet_total(results)}

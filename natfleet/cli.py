@@ -18,6 +18,7 @@ from typing import Optional
 
 from natfleet import __version__
 from natfleet.errors import ExitCode, NatfleetError
+from natfleet.output import clip, log_handler
 
 COMMAND_MODULES = (
     "discover",
@@ -59,13 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"natfleet.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"natfleet.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"natfleet.commands.{name}").register(sub)
     for command_parser in sub.choices.values():
         command_parser.set_defaults(_parser=command_parser)
     return parser
@@ -79,10 +74,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         (getattr(args, "_parser", None) or parser).error(
             f"unrecognized arguments: {' '.join(extra)}"
         )
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="natfleet: %(levelname)s: %(message)s",
-    )
+    level = logging.DEBUG if args.debug else logging.WARNING
+    logging.basicConfig(level=level, handlers=[log_handler(sys.stderr)])
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return ExitCode.USAGE
@@ -91,13 +84,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except NatfleetError as exc:
         if args.debug:
             raise
-        print(f"Error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"Error: {clip(exc)}\n")
         return int(exc.exit_code)
     except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
+        sys.stderr.write("Interrupted.\n")
         return 130
     except BrokenPipeError:
         return ExitCode.OK
+    except Exception as exc:  # noqa: BLE001 - a bug: said in one line, traceback with --debug
+        if args.debug:
+            raise
+        sys.stderr.write(
+            f"Error: internal error: {type(exc).__name__}: {clip(exc)} "
+            "(run with --debug for the traceback)\n"
+        )
+        return ExitCode.ERROR
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Example:
     >>> series = gateway_metrics(session, "us-east-1", ["nat-0abc"], start, end)
     >>> gateway_summary(series, start, end)[0]["peak_active_connections"]
     1234.0
+    >>> rows = gateway_rows({None: session}, gateways, Window.from_options("3h"))  # the table
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import boto3
 
 from natfleet import aws
 from natfleet.errors import UsageError
-from natfleet.models import MetricSeries
+from natfleet.models import Device, MetricSeries
+from natfleet.output import iso_time
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,33 @@ MAX_QUERIES = 500  # GetMetricData limit
 MAX_POINTS = 1440  # points per series we aim for when choosing a period
 PERIODS = (60, 300, 900, 3600, 10800, 21600, 86400)
 
+# The keys of a gateway_rows() row, in order (CSV leaves out the series).
+GATEWAY_ROW_KEYS = (
+    "name",
+    "region",
+    "vpc_id",
+    "start",
+    "end",
+    "period",
+    "nat_gateway_id",
+    "seconds",
+    "peak_active_connections",
+    "connection_attempts",
+    "connections_established",
+    "error_port_allocation",
+    "idle_timeouts",
+    "packets_dropped",
+    "drop_rate",
+    "bytes_to_destination",
+    "bytes_from_destination",
+    "packets_to_destination",
+    "packets_from_destination",
+    "bytes_per_second_out",
+    "bytes_per_second_in",
+    "bytes_processed",
+    "active_connections",
+)
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 
@@ -83,6 +112,45 @@ class MetricQuery:
     @property
     def label(self) -> str:
         return f"{self.namespace} {self.metric} {self.statistic} {self.resource_id}"
+
+
+@dataclass(frozen=True)
+class Window:
+    """A CloudWatch window: ``start``/``end`` (UTC) and ``period`` seconds per point.
+
+    Example:
+        >>> w = Window.from_options("2024-05-01T10:00:00Z", "2024-05-01T11:00:00Z", "60")
+        >>> w.seconds, w.period, w.to_json()["start"]
+        (3600.0, 60, '2024-05-01T10:00:00Z')
+    """
+
+    start: dt.datetime
+    end: dt.datetime
+    period: int
+
+    @classmethod
+    def from_options(
+        cls, since: str = "3h", until: Optional[str] = None, period: Optional[str] = None
+    ) -> Window:
+        """From ``--since --until --period`` text (see :func:`parse_time`,
+        :func:`parse_period`; the period chosen by :func:`choose_period` when None);
+        raises UsageError. Times are cut to whole seconds, as JSON shows them."""
+        start = parse_since(since).replace(microsecond=0)
+        end = parse_time(until).replace(microsecond=0)
+        return cls(start, end, parse_period(period) or choose_period(start, end))
+
+    @property
+    def seconds(self) -> float:
+        """Length of the window aligned to whole periods (what CloudWatch sums over)."""
+        return window_seconds(self.start, self.end, self.period)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "start": iso_time(self.start),
+            "end": iso_time(self.end),
+            "period": self.period,
+            "seconds": self.seconds,
+        }
 
 
 def gateway_queries(gateway_ids: Iterable[str]) -> list[MetricQuery]:
@@ -284,6 +352,54 @@ def instance_metrics(
     cw = aws.client(session, "cloudwatch", region)
     queries = instance_queries(instance_ids, instance_types)
     return fetch(cw, queries, start, end, period or choose_period(start, end))
+
+
+def select_gateways(devices: Iterable[Device], ids: Optional[Iterable[str]] = None) -> list[Device]:
+    """``devices`` without the NAT gateways whose id is not in ``ids`` (every one when
+    ``ids`` is empty or None); instances are kept.
+
+    Example:
+        >>> [d.id for d in select_gateways([Device("gateway", "nat-1", "r"),
+        ...                                 Device("gateway", "nat-2", "r")], ["nat-2"])]
+        ['nat-2']
+    """
+    wanted = set(ids or ())
+    return [d for d in devices if d.kind != "gateway" or not wanted or d.id in wanted]
+
+
+def gateway_rows(
+    sessions: Mapping[Optional[str], boto3.Session],
+    gateways: Iterable[Device],
+    window: Window,
+) -> list[dict[str, Any]]:
+    """One row per NAT gateway (keys :data:`GATEWAY_ROW_KEYS`): :func:`gateway_summary`
+    with its name, region, VPC and the window; one GetMetricData batch per (profile,
+    region), ``sessions`` keyed by profile (None: the default chain). Devices that are not
+    gateways are skipped.
+
+    Example:
+        >>> gateway_rows({None: session}, [Device("gateway", "nat-0abc", "us-east-1")],
+        ...              Window.from_options("3h"))[0]["peak_active_connections"]
+        1234.0
+    """
+    members = [d for d in gateways if d.kind == "gateway"]
+    rows = []
+    for (profile, region), group in by_profile_region(members).items():
+        series = gateway_metrics(
+            sessions[profile],
+            region,
+            [g.id for g in group],
+            window.start,
+            window.end,
+            window.period,
+        )
+        by_id = {g.id: g for g in group}
+        for row in gateway_summary(series, window.start, window.end):
+            gw = by_id[row["nat_gateway_id"]]
+            place = {"name": gw.name, "region": region, "vpc_id": gw.vpc_id}
+            when = {"start": window.start, "end": window.end, "period": window.period}
+            rows.append({**place, **when, **row})
+    return rows
 
 
 # --- summaries --------------------------------------------------------------------------

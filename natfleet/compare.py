@@ -7,17 +7,18 @@ a column that means nothing for a kind is in :data:`NOT_APPLICABLE`.
 
 Example:
     >>> window = Window.from_options("3h")
-    >>> metrics = fetch_metrics(sessions, devices, window)
-    >>> rows = compare_rows(devices, metrics, results, load_prices(), window)
-    >>> rows[0]["kind"], rows[0]["conns_now"], rows[0]["port_errors"]
+    >>> report = compare(sessions, devices, results, load_prices(), window)
+    >>> row = report.rows[0]
+    >>> row["kind"], row["conns_now"], row["port_errors"]
     ('instance', 4, 18)
+    >>> report.to_json()["window"]["period"]
+    60
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -25,11 +26,13 @@ import boto3
 
 from natfleet import aws, cloudwatch
 from natfleet.aggregate import INCIDENT
-from natfleet.cloudwatch import MetricQuery
+from natfleet.answer import Summary
+from natfleet.cloudwatch import MetricQuery, Window
 from natfleet.config import Prices
 from natfleet.discovery import DEAD_STATES
 from natfleet.errors import NatfleetError
 from natfleet.models import Device, HostError, HostResult, MetricSeries
+from natfleet.output import safe
 
 Outcome = Union[HostResult, HostError]
 Metrics = Mapping[str, Mapping[str, MetricSeries]]  # resource id -> metric name -> series
@@ -99,45 +102,6 @@ PLOT_PANELS = (
 PLOT_HINT = "--plot needs matplotlib: pip install 'natfleet[plot]'"
 
 
-@dataclass(frozen=True)
-class Window:
-    """The CloudWatch window: ``start``/``end`` (UTC) and ``period`` seconds per point.
-
-    Example:
-        >>> w = Window.from_options("2024-05-01T10:00:00Z", "2024-05-01T11:00:00Z", "60")
-        >>> w.seconds, w.period
-        (3600.0, 60)
-    """
-
-    start: dt.datetime
-    end: dt.datetime
-    period: int
-
-    @classmethod
-    def from_options(
-        cls, since: str, until: Optional[str] = None, period: Optional[str] = None
-    ) -> Window:
-        """From ``--since --until --period`` (raises UsageError)."""
-        start = cloudwatch.parse_since(since)
-        end = cloudwatch.parse_time(until)
-        return cls(
-            start, end, cloudwatch.parse_period(period) or cloudwatch.choose_period(start, end)
-        )
-
-    @property
-    def seconds(self) -> float:
-        """Length of the window aligned to whole periods (what CloudWatch sums over)."""
-        return cloudwatch.window_seconds(self.start, self.end, self.period)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "start": self.start.isoformat(),
-            "end": self.end.isoformat(),
-            "period": self.period,
-            "seconds": self.seconds,
-        }
-
-
 # --- CloudWatch ---------------------------------------------------------------------------
 
 
@@ -173,6 +137,49 @@ def fetch_metrics(
             )
         )
     return out
+
+
+# --- the comparison ----------------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    """What ``natfleet compare`` shows: a row per device (keys :data:`ROW_KEYS`), the
+    window, the prices used, and the CloudWatch series (for :func:`write_plot`)."""
+
+    window: Window
+    prices: Prices
+    rows: list[dict[str, Any]]
+    metrics: dict[str, dict[str, MetricSeries]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"window", "prices", "rows"}`` (docs/json.md)."""
+        return {
+            "window": self.window.to_json(),
+            "prices": prices_json(self.prices),
+            "rows": self.rows,
+        }
+
+
+def compare(
+    sessions: Mapping[Optional[str], boto3.Session],
+    devices: Sequence[Device],
+    results: Sequence[Outcome],
+    prices: Prices,
+    window: Window,
+) -> Comparison:
+    """NAT instances and gateways side by side: the CloudWatch series of ``devices`` over
+    ``window`` (``sessions`` keyed by profile, None the default chain), the agents'
+    summaries in ``results`` (read with :data:`AGENT_REQUEST`; ``[]`` when nothing was
+    read), and ``prices``.
+
+    Example:
+        >>> compare({None: session}, devices, [], Prices(), Window.from_options("1d")).rows[0]["id"]
+        'nat-0abc'
+    """
+    metrics = fetch_metrics(sessions, devices, window)
+    rows = compare_rows(devices, metrics, results, prices, window)
+    return Comparison(window, prices, rows, metrics)
 
 
 # --- rows ---------------------------------------------------------------------------------
@@ -305,32 +312,32 @@ def gateway_row(
 
 
 def agent_columns(result: Optional[Outcome]) -> dict[str, Any]:
-    """The live columns of a NAT instance from its agent summary (None: no answer).
+    """The live columns of a NAT instance from its checked agent summary (None: no answer).
 
     ``drops`` is conntrack drop + early_drop and ``port_errors`` insert_failed, both since
     boot; ``ena_exceeded`` sums the ENA ``*_allowance_exceeded`` counters.
 
     Example:
-        >>> agent_columns(HostResult(target, handle({"mode": "summary"}, fixture)))["drops"]
-        5.0
+        >>> agent_columns(HostResult(target, check_answer("a", AGENT_REQUEST, handle(...))))
+        {'counters': 'since boot', 'conns_now': 4, 'drops': 5.0, 'port_errors': 18, ...}
     """
     scope = {"counters": "since boot"}
     if isinstance(result, HostError):
         return {**scope, "error": f"{result.kind}: {result.message}"}
     if result is None:
         return scope
-    answer, summary = result.answer, result.summary
-    stats = answer.get("stats") or {}
+    facts, summary = result.answer.facts, result.answer.summary
+    stats = facts.stats or {}
     return {
         **scope,
-        "conns_now": summary.get("tcp_snat_established"),
+        "conns_now": summary.tcp_snat_established if summary is not None else None,
         "drops": cloudwatch.add_known(stats.get("drop"), stats.get("early_drop")),
         "port_errors": stats.get("insert_failed"),
-        "ena_exceeded": ena_exceeded(answer.get("ena")),
-        "table_fill_pct": summary.get("fill_pct"),
+        "ena_exceeded": ena_exceeded(facts.ena),
+        "table_fill_pct": summary.fill_pct if summary is not None else None,
         "port_pressure_pct": instance_port_pressure(summary),
         "conntrack": {k: stats.get(k) for k in INCIDENT} if stats else None,
-        "ena": answer.get("ena") or None,
+        "ena": {iface: dict(counters) for iface, counters in facts.ena.items()} or None,
     }
 
 
@@ -351,18 +358,19 @@ def ena_exceeded(ena: Optional[Mapping[str, Mapping[str, int]]]) -> Optional[int
     return sum(values) if values else None
 
 
-def instance_port_pressure(summary: Mapping[str, Any]) -> Optional[float]:
+def instance_port_pressure(summary: Optional[Summary]) -> Optional[float]:
     """The worst (NAT address, destination) share of the port range, in %; 0.0 when the
-    range is known and nothing is translated, None when unknown.
+    range is known and nothing is translated, None when unknown (or no summary).
 
     Example:
-        >>> instance_port_pressure({"port_range_size": 28232, "port_pressure": [{"pct": 0.01}]})
+        >>> instance_port_pressure(summary)   # worst: 2 ports of 28,232
         0.01
     """
-    pressure = summary.get("port_pressure") or []
-    if pressure:
-        return pressure[0].get("pct")
-    return 0.0 if summary.get("port_range_size") else None
+    if summary is None:
+        return None
+    if summary.port_pressure:
+        return summary.port_pressure[0].pct
+    return 0.0 if summary.port_range_size else None
 
 
 def gateway_address_count(device: Device) -> int:
@@ -464,6 +472,11 @@ def _with_data(series: Mapping[str, MetricSeries], resource_id: str) -> list[Met
 # --- plot ---------------------------------------------------------------------------------
 
 
+def _plot_label(text: str) -> str:
+    """A legend label: escaped, and ``$`` kept from starting matplotlib's mathtext."""
+    return safe(text).replace("$", r"\$")
+
+
 def pyplot() -> Any:
     """matplotlib's pyplot on the file-only Agg backend; NatfleetError when not installed."""
     try:
@@ -492,9 +505,10 @@ def write_plot(path: str, rows: Sequence[dict[str, Any]], metrics: Metrics, wind
         for name, metric in PLOT_SERIES[row["kind"]]:
             s = series.get(metric)
             if s is not None and s.has_data:
-                panel[name].plot(s.timestamps, s.values, label=f"{row['label']} {metric}")
+                label = _plot_label(f"{row['label']} {metric}")
+                panel[name].plot(s.timestamps, s.values, label=label)
         if row["kind"] == "instance" and row.get("conns_now") is not None:
-            label = f"{row['label']} TCP SNAT ESTABLISHED now"
+            label = _plot_label(f"{row['label']} TCP SNAT ESTABLISHED now")
             panel["connections"].scatter([window.end], [row["conns_now"]], label=label)
     for (_, title), ax in zip(PLOT_PANELS, axes):
         ax.set_title(title, fontsize=10)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from natfleet.errors import ConfigError, UsageError
+from natfleet.limits import AnswerLimits, MiB
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,11 +44,15 @@ class DiscoveryConfig:
 
 @dataclass(frozen=True)
 class SshConfig:
-    """SSH defaults; ``user`` None means ~/.ssh/config or the login name."""
+    """How boxes are read; ``user`` None means ~/.ssh/config or the login name.
+
+    ``timeout`` is the whole per-box deadline (connecting, running the agent, reading and
+    checking its answer); connecting may take at most ``connect_timeout`` of it.
+    """
 
     user: Optional[str] = None
     connect_timeout: float = 10.0
-    command_timeout: float = 60.0
+    timeout: float = 60.0
     parallel: int = 32
 
 
@@ -57,6 +62,7 @@ class Config:
 
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     ssh: SshConfig = field(default_factory=SshConfig)
+    limits: AnswerLimits = field(default_factory=AnswerLimits)
     prices_file: Optional[Path] = None
     path: Optional[Path] = None
 
@@ -147,12 +153,14 @@ def parse_config(data: dict[str, Any], path: Optional[Path] = None) -> Config:
         8
     """
     where = str(path or "config")
-    _only(data, {"discovery", "ssh", "prices"}, where, "")
+    _only(data, {"discovery", "ssh", "limits", "prices"}, where, "")
     disc = _table(data, "discovery", where)
     ssh = _table(data, "ssh", where)
+    limits = _table(data, "limits", where)
     prices = _table(data, "prices", where)
     _only(disc, {"methods", "tags", "gateways", "address"}, where, "discovery.")
-    _only(ssh, {"user", "connect_timeout", "command_timeout", "parallel"}, where, "ssh.")
+    _only(ssh, {"user", "connect_timeout", "timeout", "parallel"}, where, "ssh.")
+    _only(limits, {"summary_kb", "listing_mb"}, where, "limits.")
     _only(prices, {"file"}, where, "prices.")
 
     d = DiscoveryConfig()
@@ -176,12 +184,18 @@ def parse_config(data: dict[str, Any], path: Optional[Path] = None) -> Config:
     timeouts = {}
     for key, default in (
         ("connect_timeout", s.connect_timeout),
-        ("command_timeout", s.command_timeout),
+        ("timeout", s.timeout),
     ):
         timeouts[key] = float(_get(ssh, key, (int, float), default, where, "ssh"))
         if timeouts[key] <= 0:
             raise ConfigError(f"{where}: ssh.{key} must be more than 0 seconds")
     prices_file = _get(prices, "file", str, "", where, "prices")
+    caps = AnswerLimits()
+    summary_kb = _get(limits, "summary_kb", int, caps.summary_bytes // 1024, where, "limits")
+    listing_mb = _get(limits, "listing_mb", int, caps.list_bytes // MiB, where, "limits")
+    for key, value in (("summary_kb", summary_kb), ("listing_mb", listing_mb)):
+        if not 1 <= value <= 1 << 20:
+            raise ConfigError(f"{where}: limits.{key} must be 1 to 1048576")
     return Config(
         discovery=DiscoveryConfig(
             methods=methods,
@@ -192,9 +206,10 @@ def parse_config(data: dict[str, Any], path: Optional[Path] = None) -> Config:
         ssh=SshConfig(
             user=_get(ssh, "user", str, "", where, "ssh") or None,
             connect_timeout=timeouts["connect_timeout"],
-            command_timeout=timeouts["command_timeout"],
+            timeout=timeouts["timeout"],
             parallel=parallel,
         ),
+        limits=AnswerLimits(summary_bytes=summary_kb * 1024, list_bytes=listing_mb * MiB),
         prices_file=_relative(prices_file, path) if prices_file else None,
         path=path,
     )

@@ -222,9 +222,13 @@ class _Scan:
                 enis[eni["NetworkInterfaceId"]] = owner
         owners = self._by_id(ec2, enis.values())
         for eni_id, owner in sorted(enis.items()):
-            inst = owners.get(owner)
-            if inst and _state(inst) in LIVE_STATES and not found.has(owner, "source-dest-check"):
-                found.instance(inst, f"source-dest-check:off {eni_id}")
+            attached = owners.get(owner)
+            if (
+                attached
+                and _state(attached) in LIVE_STATES
+                and not found.has(owner, "source-dest-check")
+            ):
+                found.instance(attached, f"source-dest-check:off {eni_id}")
 
     def _routes(self, ec2: Any, found: _Found) -> None:
         tables = (
@@ -404,8 +408,8 @@ def targets_and_errors(
     errors: list[HostError] = []
     other = "public" if address == "private" else "private"
     for t in devices_to_targets(devices, address):
-        state = states.get(t.instance_id or "", "")
-        if state in ("stopped", "stopping", "shutting-down", "terminated"):
+        state = states.get(t.instance_id or "", "")  # (never a dead one: not a target)
+        if state in ("stopped", "stopping"):
             errors.append(
                 HostError(
                     target=t,
@@ -417,12 +421,12 @@ def targets_and_errors(
         if t.host:
             targets.append(t)
             continue
-        advice = "start it" if state in ("stopped", "stopping") else f"try --address {other}"
         label = "IP address" if address == "public" else "address"
         errors.append(
             HostError(
                 target=t,
-                message=f"no {address} {label} (instance {state or 'unknown'}): {advice}",
+                message=f"no {address} {label} (instance {state or 'unknown'}): "
+                f"try --address {other}",
                 kind="connect",
             )
         )

@@ -1,12 +1,14 @@
-"""Run one agent request on many targets at once: one result or one error per target.
+"""Read many targets at once: one checked answer or one error per target, never an abort.
 
-A bad host never aborts the group and is never dropped: it becomes a :class:`HostError` row
-in target order. Every target is bounded in time.
+Each target is read inside its own guard: the transport streams the box's answer into the
+trust boundary (natfleet.answer) under the per-box deadline and byte cap, and whatever goes
+wrong, from a refused connection to a field that does not check, becomes that target's
+:class:`HostError` row. Results come back in target order.
 
 Example:
     >>> from natfleet.ssh import SshConnector, SshOptions
     >>> results = run_fleet(targets, {"mode": "summary"}, SshConnector(SshOptions()),
-    ...                     progress=tty_progress())
+    ...                     ReadOptions(timeout=20))
     >>> [type(r).__name__ for r in results]
     ['HostResult', 'HostError']
 """
@@ -15,111 +17,121 @@ from __future__ import annotations
 
 import logging
 import queue
-import sys
 import threading
 import time
-from typing import IO, Any, Callable, Optional, Protocol, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
 
-from natfleet import agent
-from natfleet.errors import NatfleetError
+from natfleet import agent, remote
+from natfleet.answer import AnswerReader
+from natfleet.config import SshConfig
+from natfleet.errors import TargetError
+from natfleet.limits import AnswerLimits, Deadline
 from natfleet.models import HostError, HostResult, Target
-from natfleet.text import printable
 
 log = logging.getLogger(__name__)
 
 Outcome = Union[HostResult, HostError]
 Progress = Callable[[int, int, int], None]  # (done, total, failed)
-GRACE_SECONDS = 5.0  # how much longer than the connector's own bound the fleet waits
+GRACE_SECONDS = 1.0  # how long past its deadline a stuck target is waited for
+MESSAGE_CAP = 2000  # characters of an error message kept
 
 
-class Connector(Protocol):
-    """Anything that can run the agent on an SSH target (see natfleet.ssh.SshConnector)."""
+@dataclass(frozen=True)
+class ReadOptions:
+    """How boxes are read: the per-box deadline (connecting, running, reading and checking
+    all count), the byte caps, and how many boxes at once. Defaults: config.py."""
 
-    def run_agent(self, target: Target, request: dict[str, Any]) -> tuple[dict[str, Any], int]: ...
+    timeout: float = SshConfig.timeout
+    parallel: int = SshConfig.parallel
+    limits: AnswerLimits = field(default_factory=AnswerLimits)
 
 
-def _answer(target: Target, request: dict[str, Any], connector: Optional[Connector]):
-    """(answer, bytes received) for one target; raises NatfleetError."""
+def _read(
+    target: Target,
+    request: dict[str, Any],
+    executor: Optional[remote.Executor],
+    options: ReadOptions,
+    deadline: Deadline,
+) -> tuple[Any, int]:
+    """(checked Answer, bytes received) for one target; raises TargetError."""
+    limits = options.limits
+    cap = limits.for_mode(request.get("mode", "list"), request.get("limit"))
+    reader = AnswerReader(target.label, request, cap, limits.line_bytes)
+    received = 0
     if target.kind == "ssh":
-        if connector is None:
-            raise NatfleetError(f"{target.label}: no SSH connector given")
-        return connector.run_agent(target, request)
-    if target.kind == "local":
-        return agent.handle(request, agent.LocalSources("/")), 0
-    if target.kind == "file":
-        # The agent streams the file (or stdin for '-') and detects its format itself.
-        return agent.handle(request, agent.DumpSources(table_file=target.path)), 0
-    raise NatfleetError(f"{target.label}: unknown target kind {target.kind!r}")
+        if executor is None:
+            raise TargetError(f"{target.label}: no SSH connector given", kind="internal")
+        result = remote.run_agent(
+            executor, target, request, reader, deadline, cap, limits.stderr_bytes
+        )
+        received = result.received
+    elif target.kind == "local":
+        reader.feed_raw_answer(agent.handle(request, agent.LocalSources("/")))
+    elif target.kind == "file":
+        # the agent streams the file (or stdin for '-') and detects its format itself
+        if target.path != "-":
+            try:
+                with open(str(target.path), "rb"):
+                    pass
+            except OSError as exc:
+                message = f"cannot read {target.path}: {exc.strerror or exc}"
+                raise TargetError(message, kind="input") from None
+        reader.feed_raw_answer(agent.handle(request, agent.DumpSources(table_file=target.path)))
+    else:
+        raise TargetError(f"unknown target kind {target.kind!r}", kind="internal")
+    return reader.finish(), received
 
 
 def run_one(
-    target: Target, request: dict[str, Any], connector: Optional[Connector] = None
+    target: Target,
+    request: dict[str, Any],
+    executor: Optional[remote.Executor] = None,
+    options: ReadOptions = ReadOptions(),
 ) -> Outcome:
-    """Read one target: ``ssh`` through ``connector``, ``local`` here, ``file`` from its dump.
-
-    An ``ok: false`` answer becomes ``HostError(kind=answer["error"]["kind"])``.
+    """Read one target: ``ssh`` through ``executor``, ``local`` here, ``file`` from its dump.
+    Every failure, a bug included, is this target's HostError.
 
     >>> run_one(Target(name="dump", kind="file", path="tests/data/x.txt"), {"mode": "list"})
-    HostResult(target=..., answer={'ok': True, 'rows': [...], ...}, ...)
+    HostResult(target=..., answer=Answer(...), ...)
     """
     started = time.monotonic()
+    deadline = Deadline(options.timeout)
     try:
-        answer, received = _answer(target, request, connector)
-    except NatfleetError as exc:
-        kind = getattr(exc, "kind", "error")
-        message = printable(str(exc))  # it may quote what a box said
-        return HostError(target, message, kind=kind, seconds=time.monotonic() - started)
-    except OSError as exc:
-        if target.kind != "file":
-            raise  # not an input file: a bug, reported as this host's row by _guarded
-        message = f"cannot read {target.path}: {exc.strerror or exc}"
-        return HostError(target, message, kind="input", seconds=time.monotonic() - started)
-    seconds = time.monotonic() - started
-    if not answer.get("ok"):
-        error = answer.get("error") or {}
-        message = error.get("message") or "the agent answered ok: false without a message"
-        kind = printable(str(error.get("kind") or "agent"))
-        return HostError(target, printable(str(message)), kind=kind, seconds=seconds)
-    return HostResult(target, answer, seconds=seconds, bytes_received=received)
-
-
-def _guarded(target: Target, request: dict[str, Any], connector: Optional[Connector]) -> Outcome:
-    """run_one, with an unexpected exception (a bug) turned into that target's error row."""
-    started = time.monotonic()
-    try:
-        return run_one(target, request, connector)
-    except Exception as exc:  # noqa: BLE001 - reported as this host's row, not swallowed
+        answer, received = _read(target, request, executor, options, deadline)
+    except TargetError as exc:
+        return HostError(target, _capped(str(exc)), exc.kind, time.monotonic() - started)
+    except Exception as exc:  # noqa: BLE001 - a bug, reported as this target's row
         log.debug("unexpected error on %s", target.label, exc_info=True)
-        return HostError(
-            target,
-            f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
-            kind="error",
-            seconds=time.monotonic() - started,
-        )
+        message = f"{type(exc).__name__}: {_capped(str(exc))} (run with --debug for details)"
+        return HostError(target, message, "internal", time.monotonic() - started)
+    return HostResult(target, answer, time.monotonic() - started, received)
+
+
+def _capped(message: str) -> str:
+    if len(message) <= MESSAGE_CAP:
+        return message
+    return message[:MESSAGE_CAP] + f"... ({len(message) - MESSAGE_CAP:,} more characters)"
 
 
 def run_fleet(
     targets: list[Target],
     request: dict[str, Any],
-    connector: Optional[Connector] = None,
-    parallel: int = 16,
+    executor: Optional[remote.Executor] = None,
+    options: ReadOptions = ReadOptions(),
     progress: Optional[Progress] = None,
-    timeout: Optional[float] = None,
 ) -> list[Outcome]:
-    """Run ``request`` on every target, ``parallel`` at a time; results in target order.
-
-    ``timeout`` bounds each target (default: the connector's ``max_seconds``); a target
-    still running ``GRACE_SECONDS`` after it becomes a ``timeout`` HostError and the run
-    moves on. ``progress(done, total, failed)`` is called after each target.
+    """Run ``request`` on every target, ``options.parallel`` at a time; results in target
+    order. A target still running ``GRACE_SECONDS`` past its deadline becomes a ``timeout``
+    HostError and the run moves on. ``progress(done, total, failed)`` follows each target.
     """
     total = len(targets)
     if total == 0:
         return []
-    bound = timeout if timeout is not None else getattr(connector, "max_seconds", None)
     if total == 1 and targets[0].kind != "ssh":
         # one local or file target: run it here, so the agent may fork summary workers
         # (it only does so in a process without other threads)
-        outcome = _guarded(targets[0], request, connector)
+        outcome = run_one(targets[0], request, executor, options)
         if progress:
             progress(1, 1, int(isinstance(outcome, HostError)))
         return [outcome]
@@ -127,7 +139,7 @@ def run_fleet(
     started: dict[int, float] = {}
     lock = threading.Lock()
     queued = iter(range(total))
-    finished: queue.Queue = queue.Queue()
+    finished: queue.Queue[tuple[int, Outcome]] = queue.Queue()
 
     def worker() -> None:
         while True:
@@ -136,13 +148,13 @@ def run_fleet(
                 if index is None:
                     return
                 started[index] = time.monotonic()
-            finished.put((index, _guarded(targets[index], request, connector)))
+            finished.put((index, run_one(targets[index], request, executor, options)))
 
     def start_worker() -> None:
         # daemon threads: a box that never answers cannot keep natfleet from exiting
         threading.Thread(target=worker, name="natfleet-box", daemon=True).start()
 
-    for _ in range(max(1, min(parallel, total))):
+    for _ in range(max(1, min(options.parallel, total))):
         start_worker()
     done_count = failed = 0
 
@@ -161,36 +173,15 @@ def run_fleet(
                 record(index, outcome)
         except queue.Empty:
             pass
-        if bound is None:
-            continue
         now = time.monotonic()
         with lock:
             late = [
                 i
                 for i, t0 in started.items()
-                if results[i] is None and now - t0 > bound + GRACE_SECONDS
+                if results[i] is None and now - t0 > options.timeout + GRACE_SECONDS
             ]
         for i in late:
-            message = f"{targets[i].label} gave no answer within {bound:g} s; gave up waiting"
+            message = f"{targets[i].label} gave no answer within {options.timeout:g} s"
             record(i, HostError(targets[i], message, kind="timeout", seconds=now - started[i]))
             start_worker()  # its thread is stuck: the targets still queued get another
     return [r for r in results if r is not None]
-
-
-def tty_progress(stream: Optional[IO[str]] = None) -> Optional[Progress]:
-    """A progress callback writing one updating line to stderr, or None when it is not a TTY.
-
-    >>> tty_progress()(3, 20, 1)      # stderr: "natfleet: 3/20 boxes answered, 1 failed"
-    """
-    out = stream or sys.stderr
-    if not out.isatty():
-        return None
-
-    def show(done: int, total: int, failed: int) -> None:
-        line = f"natfleet: {done}/{total} boxes answered"
-        if failed:
-            line += f", {failed} failed"
-        out.write("\r\x1b[K" + line + ("\n" if done == total else ""))
-        out.flush()
-
-    return show

@@ -2,16 +2,38 @@
 
 Example:
     >>> t = Target(name="nat-a", host="198.19.255.11", instance_id="i-0abc")
-    >>> HostResult(target=t, answer={"ok": True, "rows": []}).rows
-    []
+    >>> t.label
+    'nat-a (i-0abc)'
+    >>> HostError(t, "connection refused by root@198.19.255.11:22", kind="connect").kind
+    'connect'
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from natfleet.text import printable
+
+if TYPE_CHECKING:
+    from natfleet.answer import Answer
+
+# What can go wrong with one target (HostError.kind), documented in docs/json.md.
+FAILURE_KINDS = (
+    "connect",  # no connection: refused, unreachable, name not resolved, proxy failed
+    "auth",  # SSH authentication failed
+    "hostkey",  # host key unknown, changed or revoked
+    "timeout",  # the per-box deadline passed
+    "sudo",  # sudo missing, asked for a password, or not allowed
+    "answer",  # the box's answer broke the rules: too big, not JSON, a field that does not check
+    "agent",  # the agent failed on the box (or answered ok: false with kind agent)
+    "table",  # no table could be read (no python3 and the shell fallback read nothing)
+    "permission",  # the agent could not read the table (not root)
+    "no_table",  # no conntrack table on the box
+    "bad_request",  # the box refused natfleet's request
+    "input",  # a --input file could not be read
+    "internal",  # a bug in natfleet (run with --debug)
+)
 
 
 @dataclass(frozen=True)
@@ -42,29 +64,24 @@ class Target:
 
 @dataclass
 class HostResult:
-    """The agent's JSON answer for one target (see docs/json.md for its fields)."""
+    """One target's checked answer (natfleet.answer.Answer), and what reading it cost."""
 
     target: Target
-    answer: dict[str, Any]
+    answer: Answer
     seconds: float = 0.0
     bytes_received: int = 0
-
-    @property
-    def rows(self) -> list[dict[str, Any]]:
-        return self.answer.get("rows", [])
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return self.answer.get("summary", {})
 
 
 @dataclass
 class HostError:
-    """A target that could not be read; printed as a row with its message."""
+    """A target that could not be read; printed as a row with its message.
+
+    ``kind`` is one of :data:`FAILURE_KINDS`; ``message`` may quote what a box said (the
+    output layer escapes it)."""
 
     target: Target
     message: str
-    kind: str = "error"  # connect, auth, hostkey, sudo, timeout, agent, table
+    kind: str = "internal"
     seconds: float = 0.0
 
 

@@ -1,4 +1,8 @@
-"""Output: netstat-nat text, tables, JSON and CSV, for every listing command.
+"""netstat-nat text and flow records for the listing commands, on top of the output layer
+(:mod:`natfleet.output`, which escapes every string; its writers are importable from here).
+
+Every cell made from a box's data (protocol, addresses, names, ports, state, labels) passes
+through :func:`natfleet.output.safe` where the cell is made.
 
 Example:
     >>> from natfleet.agent import Flow
@@ -7,24 +11,35 @@ Example:
     ...     "[ASSURED] mark=0 zone=0 use=2", own=())
     >>> print(next(netstat_lines([f], NetstatStyle(header=False))))
     tcp   192.168.1.10:40000             203.0.113.5:443                ESTABLISHED
+    >>> print(netstat_row(f, NetstatStyle(names={"203.0.113.5": "evil\\x1b[2J\\nfake"})))
+    tcp   192.168.1.10:40000             evil\\x1b[2J\\nfake:443          ESTABLISHED
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, TextIO
 
 from natfleet.agent import Flow
+from natfleet.output import (  # noqa: F401  (re-exported: render.* stays importable)
+    NO_DATA,
+    SPARK_WIDTH,
+    SPARKS,
+    clip,
+    human,
+    json_text,
+    safe,
+    sparkline,
+    table_text,
+    write_json,
+    write_lines,
+    write_records,
+)
 
 FORMATS = ("netstat", "table", "json", "csv")
 PORTED = frozenset(("tcp", "udp", "udplite", "sctp", "dccp"))
-NO_DATA = "no data"  # a metric without points: never shown as 0
-SPARKS = "▁▂▃▄▅▆▇█"
-SPARK_WIDTH = 24
 
 
 @dataclass
@@ -40,11 +55,19 @@ class NetstatStyle:
     host_column: Optional[str] = None  # fleet: the target label column heading
 
 
-def endpoint(addr: Optional[str], port: Optional[str], proto: str, style: NetstatStyle) -> str:
-    """``addr:port`` (``[v6]:port``), ports only for port protocols, names when asked."""
+def endpoint(
+    addr: Optional[str],
+    port: Optional[str],
+    proto: str,
+    style: NetstatStyle,
+    names: Optional[Mapping[str, str]] = None,
+) -> str:
+    """``addr:port`` (``[v6]:port``), ports only for port protocols, names when asked:
+    ``names`` (the row's own box's lookups) or else ``style.names``. Not escaped: the
+    caller makes the cell with :func:`safe`."""
     if not addr:
         return ""
-    shown = style.names.get(addr, addr)
+    shown = (style.names if names is None else names).get(addr, addr)
     if ":" in shown and proto in PORTED and port is not None:
         shown = f"[{shown}]"
     if proto in PORTED and port is not None:
@@ -82,47 +105,61 @@ def netstat_header(style: NetstatStyle, host_width: int = 0) -> str:
 
 
 def netstat_row(
-    flow: Flow, style: NetstatStyle, label: Optional[str] = None, host_width: int = 0
+    flow: Flow,
+    style: NetstatStyle,
+    label: Optional[str] = None,
+    host_width: int = 0,
+    names: Optional[Mapping[str, str]] = None,
 ) -> str:
-    """One row of netstat-nat's fixed-width text (without the newline)."""
+    """One row of netstat-nat's fixed-width text (without the newline), every cell escaped;
+    ``names``: the address names of this row's box (default ``style.names``)."""
     width = 41 if style.wide else 31
     source, nat_host, dest = flow.shown()
     proto = flow.proto
-    cells = [_cell(label, host_width)] if label is not None else []
-    cells.append(_cell(proto, 6))
-    cells.append(_cell(endpoint(source[0], source[1], proto, style), width))
+    cells = [_cell(safe(label), host_width)] if label is not None else []
+    cells.append(_cell(safe(proto), 6))
+    cells.append(_cell(safe(endpoint(source[0], source[1], proto, style, names)), width))
     if style.nat_host and not style.untranslated:
-        cells.append(_cell(endpoint(nat_host[0], nat_host[1], proto, style), width))
-    cells.append(_cell(endpoint(dest[0], dest[1], proto, style), width))
-    cells.append(flow.display_state())
+        cells.append(_cell(safe(endpoint(nat_host[0], nat_host[1], proto, style, names)), width))
+    cells.append(_cell(safe(endpoint(dest[0], dest[1], proto, style, names)), width))
+    cells.append(safe(flow.display_state()))
     return "".join(cells).rstrip()
 
 
 def netstat_lines(
-    flows: Iterable[Flow], style: NetstatStyle, labels: Optional[Sequence[str]] = None
+    flows: Iterable[Flow],
+    style: NetstatStyle,
+    labels: Optional[Sequence[str]] = None,
+    names: Optional[Sequence[Mapping[str, str]]] = None,
 ) -> Iterator[str]:
-    """netstat-nat's fixed-width text: Proto 6, address columns 31 (41 with -x), State."""
-    host_width = max([len(style.host_column or "")] + [len(x) for x in set(labels or ())]) + 1
+    """netstat-nat's fixed-width text: Proto 6, address columns 31 (41 with -x), State;
+    ``labels[i]`` and ``names[i]`` belong to the i-th flow."""
+    host_width = (
+        max([len(safe(style.host_column or ""))] + [len(safe(x)) for x in set(labels or ())]) + 1
+    )
     if style.header:
         yield netstat_header(style, host_width)
     for i, flow in enumerate(flows):
-        yield netstat_row(flow, style, labels[i] if labels is not None else None, host_width)
+        label = labels[i] if labels is not None else None
+        yield netstat_row(flow, style, label, host_width, names[i] if names is not None else None)
 
 
 FLOW_COLUMNS = ("proto", "nat", "source", "nat_host", "destination", "state", "timeout")
 
 
-def flow_record(flow: Flow, style: NetstatStyle) -> dict[str, Any]:
-    """One flat record (table and CSV), the same fields the netstat view shows."""
+def flow_record(
+    flow: Flow, style: NetstatStyle, names: Optional[Mapping[str, str]] = None
+) -> dict[str, Any]:
+    """One flat record (table and CSV), the same fields the netstat view shows, escaped."""
     source, nat_host, dest = flow.shown()
     proto = flow.proto
     return {
-        "proto": proto,
-        "nat": flow.nat,
-        "source": endpoint(source[0], source[1], proto, style),
-        "nat_host": endpoint(nat_host[0], nat_host[1], proto, style),
-        "destination": endpoint(dest[0], dest[1], proto, style),
-        "state": flow.display_state(),
+        "proto": safe(proto),
+        "nat": safe(flow.nat),
+        "source": safe(endpoint(source[0], source[1], proto, style, names)),
+        "nat_host": safe(endpoint(nat_host[0], nat_host[1], proto, style, names)),
+        "destination": safe(endpoint(dest[0], dest[1], proto, style, names)),
+        "state": safe(flow.display_state()),
         "timeout": flow.timeout,
     }
 
@@ -134,15 +171,17 @@ def write_flows(
     style: NetstatStyle,
     targets: Optional[Sequence[dict[str, Any]]] = None,
     errors: Sequence[dict[str, Any]] = (),
+    names: Optional[Sequence[Mapping[str, str]]] = None,
 ) -> None:
     """Write flows in one format. Fleet commands give each row's ``targets`` entry
-    (``label``, ``name``, ``instance_id``, ``host``) and the failed boxes as ``errors``
-    (``target``, ``kind``, ``error``), which become rows of their own."""
+    (``label``, ``name``, ``instance_id``, ``host``), each row's box's address ``names``,
+    and the failed boxes as ``errors`` (``target``, ``kind``, ``error``), which become rows
+    of their own."""
     labels = [t["label"] for t in targets] if targets is not None else None
     if fmt == "netstat":
-        write_lines(out, netstat_lines(flows, style, labels))
+        write_lines(out, netstat_lines(flows, style, labels, names))
         for e in errors:
-            out.write(f"{e['target']['label']}  ERROR {e['kind']}: {e['error']}\n")
+            out.write(f"{_error_text(e, e['target']['label'] + '  ')}\n")
     elif fmt == "json":
         rows = []
         for i, flow in enumerate(flows):
@@ -154,133 +193,16 @@ def write_flows(
     else:
         records = []
         for i, flow in enumerate(flows):
-            record = flow_record(flow, style)
+            record = flow_record(flow, style, names[i] if names is not None else None)
             if labels is not None:
                 record = {"target": labels[i], **record}
             records.append(record)
         for e in errors:
-            records.append(
-                {"target": e["target"]["label"], "state": f"ERROR {e['kind']}: {e['error']}"}
-            )
+            records.append({"target": e["target"]["label"], "state": _error_text(e)})
         columns = (("target",) if labels is not None else ()) + FLOW_COLUMNS
         write_records(out, fmt, records, columns)
 
 
-def write_lines(out: TextIO, lines: Iterable[str]) -> None:
-    """Write text lines in large chunks (a 250,000-row listing stays fast)."""
-    batch: list[str] = []
-    for line in lines:
-        batch.append(line)
-        if len(batch) >= 8192:
-            out.write("\n".join(batch) + "\n")
-            batch.clear()
-    if batch:
-        out.write("\n".join(batch) + "\n")
-
-
-def json_text(data: Any) -> str:
-    """natfleet's JSON output: indented, anything not JSON (times) as text, a final newline.
-
-    >>> json_text({"flows": 3})
-    '{\\n  "flows": 3\\n}\\n'
-    """
-    return json.dumps(data, indent=2, default=str) + "\n"
-
-
-def write_json(out: TextIO, data: Any) -> None:
-    out.write(json_text(data))
-
-
-def write_records(
-    out: TextIO, fmt: str, records: Sequence[dict[str, Any]], columns: Sequence[str]
-) -> None:
-    """Records as a table (tabulate), CSV, or JSON."""
-    if fmt == "json":
-        write_json(out, list(records))
-    elif fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for record in records:
-            writer.writerow({k: _csv_value(record.get(k)) for k in columns})
-    else:
-        rows = [[_table_value(record.get(k)) for k in columns] for record in records]
-        out.write(table_text(rows, list(columns)))
-
-
-def table_text(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    """A plain text table (tabulate's "simple" style, values as given), ending in a newline.
-
-    >>> print(table_text([["nat-a", "3"]], ["host", "flows"]), end="")
-    host    flows
-    ------  -------
-    nat-a   3
-    """
-    from tabulate import tabulate  # imported on first use: it is slow to import
-
-    return tabulate(rows, headers=list(headers), tablefmt="simple", disable_numparse=True) + "\n"
-
-
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, default=str)
-    return "" if value is None else value
-
-
-def _table_value(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value)
-    return str(value)
-
-
-def malformed_notes(answer: dict[str, Any], label: str = "") -> tuple[Optional[str], list[str]]:
-    """(footer for the output, detail lines for stderr) about skipped malformed lines."""
-    bad = answer.get("malformed") or {}
-    count = bad.get("count", 0)
-    if not count:
-        return None, []
-    where = f" on {label}" if label else ""
-    footer = (
-        f"natfleet: {count} malformed conntrack line(s){where} skipped "
-        f"(of {answer.get('lines', '?')} read from {answer.get('source')})"
-    )
-    details = [
-        f"natfleet: malformed line {ex['line']}{where}: {ex['text']!r}"
-        for ex in bad.get("examples", [])
-    ]
-    return footer, details
-
-
-def sparkline(values: Sequence[float], width: int = SPARK_WIDTH) -> str:
-    """Unicode sparkline, at most ``width`` wide (each cell the maximum of its points).
-
-    Example:
-        >>> sparkline([0, 1, 2, 3, 4, 5, 6, 7])
-        '▁▂▃▄▅▆▇█'
-    """
-    if not values:
-        return NO_DATA
-    if len(values) > width:
-        step = len(values) / width
-        values = [max(values[int(i * step) : int((i + 1) * step)]) for i in range(width)]
-    low, high = min(values), max(values)
-    span = (high - low) or 1.0
-    return "".join(SPARKS[int((v - low) / span * (len(SPARKS) - 1))] for v in values)
-
-
-def human(value: Optional[float], unit: str = "") -> str:
-    """1234567 -> '1.2M', None -> 'no data'.
-
-    Example:
-        >>> human(1536, "B")
-        '1.5KB'
-    """
-    if value is None:
-        return NO_DATA
-    for prefix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:.1f}{prefix}{unit}"
-    return f"{value:.0f}{unit}"
+def _error_text(error: dict[str, Any], prefix: str = "") -> str:
+    """``ERROR kind: message`` of a failed box, escaped and cut (a box may have written it)."""
+    return clip(f"{prefix}ERROR {error['kind']}: {error['error']}")

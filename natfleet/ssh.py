@@ -1,67 +1,77 @@
-"""Run the natfleet agent on a box over SSH: the only module that imports paramiko.
+"""Run one constant command on a box over SSH: the only module that imports paramiko.
 
-The remote command is a constant (:data:`REMOTE_COMMAND`, from docs/json.md), prefixed with
-the constant ``sudo -n `` when the login user is not root; the agent's source and the request
-travel on stdin. No host name, tag, user string or request content is ever put into a command.
-Boxes without python3 get the constant ``agent.RAW_COMMAND`` instead and their dump is parsed
-here with the same agent code.
+:meth:`SshConnector.exec` is natfleet's SSH transport (the :class:`natfleet.remote.Executor`
+interface): it connects (bastions, ProxyCommand, host keys), prefixes the constant ``sudo -n ``
+when the login user is not root, writes stdin while it streams stdout, chunk by chunk, to a
+callback, and keeps the tail of stderr. The command is always a constant from
+natfleet.remote; no host name, tag, user string or request content is ever put into it. One
+:class:`~natfleet.limits.Deadline` bounds everything: TCP connect, banner, key exchange and
+authentication of every hop, the bastion's channel, the session, the exec request and the
+reading. A watchdog closes the sockets when it passes, so no paramiko wait outlives it.
 
 Honoured: ``~/.ssh/config`` (HostName, User, Port, IdentityFile, IdentitiesOnly, ProxyJump,
-ProxyCommand), ssh-agent, ``-i`` key files, a bastion (``--proxy-jump``), known_hosts with
-strict checking (OpenSSH ``accept-new`` on request), compression, connect and command timeouts.
+ProxyCommand, UserKnownHostsFile, GlobalKnownHostsFile, ``Include``), ssh-agent, ``-i`` key
+files, a bastion (``--proxy-jump``), known_hosts read as OpenSSH reads it (hashed names,
+``[host]:port``, wildcards, ``@revoked``; ``@cert-authority`` and corrupt lines are skipped
+with a warning) with strict checking (OpenSSH ``accept-new`` on request), compression.
 
 Example:
+    >>> from natfleet.remote import REMOTE_COMMAND, agent_stdin
     >>> connector = SshConnector(SshOptions(known_hosts="/tmp/nflab/known_hosts"))
-    >>> answer, nbytes = connector.run_agent(Target(name="nat-a", host="198.19.255.10"),
-    ...                                      {"mode": "info"})
-    >>> answer["hostname"]
-    'nflab-box0'
+    >>> chunks = []
+    >>> connector.exec(Target(name="nat-a", host="198.19.255.11", user="root"),
+    ...                REMOTE_COMMAND, agent_stdin({"mode": "info"}), chunks.append,
+    ...                Deadline(20))
+    ExecResult(status=0, stderr=b'', received=512, where='root@198.19.255.11:22', user='root')
 """
 
 from __future__ import annotations
 
-import fnmatch
+import binascii
+import errno
 import getpass
-import json
+import glob
+import hashlib
+import hmac
 import logging
 import os
+import re
+import shlex
 import socket
+import stat
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import paramiko
+from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
-from natfleet import agent
+from natfleet.config import SshConfig
 from natfleet.errors import ConfigError, TargetError
+from natfleet.limits import Deadline
 from natfleet.models import Target
+from natfleet.remote import ExecResult
 from natfleet.targets import split_host_spec
 
 log = logging.getLogger(__name__)
 
-# -I: no PYTHON* variables, no user site; -S: no site module (the agent is stdlib only, and
-# this saves most of the interpreter's start-up on a box)
-REMOTE_COMMAND = (
-    "python3 -I -S -c 'import sys;n=int(sys.stdin.buffer.readline());"
-    'exec(compile(sys.stdin.buffer.read(n),"natfleet-agent","exec"))\''
-)
 SUDO_PREFIX = "sudo -n "
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
-RAW_WARNING = (
-    "executor: raw (python3 not found on the box: the table was read with a shell command "
-    "and parsed by natfleet)"
-)
+MAX_INCLUDE_DEPTH = 16  # OpenSSH's READCONF_MAX_DEPTH
 _POLL = 0.005  # seconds between polls of an idle channel
 _CHUNK = 1 << 16
+_SHOWN = 200  # characters of a server's own text quoted in a message
 _known_hosts_lock = threading.Lock()
+TcpConnect = Callable[[tuple[str, int], float], Any]
 
 
 def target_error(kind: str, message: str) -> TargetError:
-    """A TargetError carrying ``kind`` (connect, auth, hostkey, sudo, timeout, agent, table).
+    """A TargetError carrying ``kind`` (connect, auth, hostkey, timeout).
 
-    >>> target_error("timeout", "no answer from nat-a within 20 s").kind
+    >>> target_error("timeout", "no SSH answer from root@nat-a:22 within 10 s").kind
     'timeout'
     """
     return TargetError(message, kind=kind)
@@ -74,8 +84,12 @@ class SshOptions:
     ``ssh_config``: ``$NATFLEET_SSH_CONFIG``, else ``~/.ssh/config`` when it exists.
     ``known_hosts``: ``$NATFLEET_KNOWN_HOSTS``, else ``~/.ssh/known_hosts`` (written only with
     ``accept_new_host_keys``); ``/etc/ssh/ssh_known_hosts`` is also read, never written.
+    ``connect_timeout`` bounds each step of connecting (TCP, banner, authentication, per
+    hop); the whole run of one box is bounded by the Deadline given to
+    :meth:`SshConnector.exec`.
 
-    >>> SshOptions(user="ec2-user", identity_files=("~/.ssh/nat.pem",), command_timeout=30)
+    >>> SshOptions(user="ec2-user", identity_files=("~/.ssh/nat.pem",)).connect_timeout
+    10.0
     """
 
     ssh_config: Optional[str] = None
@@ -85,8 +99,7 @@ class SshOptions:
     known_hosts: Optional[str] = None
     system_known_hosts: str = SYSTEM_KNOWN_HOSTS
     accept_new_host_keys: bool = False
-    connect_timeout: float = 10.0
-    command_timeout: float = 20.0
+    connect_timeout: float = SshConfig.connect_timeout
     debug: bool = False
 
     def config_path(self) -> Optional[str]:
@@ -107,11 +120,6 @@ class SshOptions:
             or "~/.ssh/known_hosts"
         )
         return os.path.expanduser(path)
-
-    @property
-    def max_seconds(self) -> float:
-        """The longest one box can take: connecting plus running the agent."""
-        return self.connect_timeout + self.command_timeout
 
 
 @dataclass
@@ -144,75 +152,310 @@ class _Hop:
         return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
 
 
-class _Deadline:
-    """Seconds left until a fixed point in time."""
+# --------------------------------------------------------------------------- ssh_config
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.end = time.monotonic() + seconds
 
-    def left(self) -> float:
-        return self.end - time.monotonic()
+_KEYWORD_RE = re.compile(r"(\w+)(?:\s*=\s*|\s+)(.+)")
+_NO_PARAM = {"all", "canonical", "final"}  # Match criteria that take no argument
 
-    def expired(self) -> bool:
-        return self.left() <= 0
+
+def expand_includes(path: str) -> str:
+    """The ssh_config at ``path`` as one text, every ``Include`` replaced by the files it
+    names, as OpenSSH reads them (paramiko ignores Include).
+
+    Include takes globs and ``~``; relative paths are in ~/.ssh (in /etc/ssh for a file under
+    /etc/ssh). Inside a Host or Match block the included lines apply within that block, and
+    a Host or Match of the included file applies only where both match (a ``Match`` with the
+    enclosing criteria added); after the include the enclosing block is reopened. Nesting
+    deeper than 16 files is a ConfigError.
+
+    Example: ``Host nat-*`` / ``Include nat.conf`` with ~/.ssh/nat.conf holding
+    ``User ec2-user`` / ``Host nat-b`` / ``Port 2200`` becomes::
+
+        Host nat-*
+        User ec2-user
+        Match originalhost 'nat-*' originalhost nat-b
+        Port 2200
+        Host nat-*
+    """
+    system = os.path.abspath(path).startswith("/etc/ssh/")
+    base = "/etc/ssh" if system else os.path.expanduser("~/.ssh")
+    out: list[str] = []
+    _expand(path, Path(path).read_text(encoding="utf-8", errors="replace"), base, None, 0, out)
+    return "\n".join(out) + "\n"
+
+
+def _expand(
+    path: str, text: str, base: str, outer: Optional[list[str]], depth: int, out: list[str]
+) -> None:
+    """Append the lines of ``text`` (file ``path``) to ``out`` inside the Match criteria
+    ``outer`` (None: at the top level)."""
+    criteria, header = outer, ("Host *" if outer is None else _match_line(outer))
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        found = _KEYWORD_RE.match(line) if line and not line.startswith("#") else None
+        if found is None:
+            out.append(line)
+            continue
+        keyword, value = found.group(1).lower(), found.group(2)
+        if keyword not in ("host", "match", "include"):
+            out.append(line)
+            continue
+        try:
+            words = shlex.split(value)
+        except ValueError:
+            raise ConfigError(f"{path} line {lineno}: unbalanced quotes: {line}") from None
+        if keyword == "host":
+            own = ["originalhost", ",".join(words)]
+            criteria = own if outer is None else _join_criteria(outer, own)
+            header = line if outer is None else _match_line(criteria)
+            out.append(header)
+        elif keyword == "match":
+            criteria = words if outer is None else _join_criteria(outer, words)
+            header = line if outer is None else _match_line(criteria)
+            out.append(header)
+        else:
+            before = len(out)
+            for included in _include_files(words, base):
+                if depth + 1 > MAX_INCLUDE_DEPTH:
+                    raise ConfigError(
+                        f"{path} line {lineno}: Include nested more than {MAX_INCLUDE_DEPTH} "
+                        f"files deep (at {included}): does a file include itself?"
+                    )
+                try:
+                    inner = Path(included).read_text(encoding="utf-8", errors="replace")
+                except OSError as exc:
+                    log.warning("cannot read %s (Include in %s): %s", included, path, exc)
+                    continue
+                _expand(included, inner, base, criteria, depth + 1, out)
+            if any(_is_header(line) for line in out[before:]):
+                out.append(header)  # back in the enclosing block
+
+
+def _include_files(words: list[str], base: str) -> list[str]:
+    """The files an ``Include`` names: ``~`` expanded, relative to ``base``, globs sorted."""
+    files: list[str] = []
+    for word in words:
+        pattern = os.path.expanduser(word)
+        if not os.path.isabs(pattern):
+            pattern = os.path.join(base, pattern)
+        files += [p for p in sorted(glob.glob(pattern)) if os.path.isfile(p)]
+    return files
+
+
+def _join_criteria(outer: list[str], inner: list[str]) -> list[str]:
+    """Both sets of Match criteria (``all`` dropped: it would match before the others)."""
+    joined: list[str] = []
+    for tokens in (outer, inner):
+        i = 0
+        while i < len(tokens):
+            width = 1 if tokens[i].lstrip("!").lower() in _NO_PARAM else 2
+            if tokens[i].lower() != "all":
+                joined += tokens[i : i + width]
+            i += width
+    return joined or ["all"]
+
+
+def _match_line(criteria: list[str]) -> str:
+    return "Match " + " ".join(shlex.quote(word) for word in criteria)
+
+
+def _is_header(line: str) -> bool:
+    found = _KEYWORD_RE.match(line)
+    return found is not None and found.group(1).lower() in ("host", "match")
 
 
 # --------------------------------------------------------------------------- host keys
 
 
-def _host_matches(pattern: str, name: str) -> bool:
-    """A known_hosts host field entry (plain, wildcard or ``|1|`` hashed) matches ``name``."""
-    if pattern.startswith("|1|"):
-        salt = pattern.split("|")[2] if pattern.count("|") >= 3 else ""
-        return paramiko.HostKeys.hash_host(name, salt) == pattern
-    return not pattern.startswith("!") and fnmatch.fnmatchcase(name, pattern)
+@dataclass(frozen=True)
+class KnownHost:
+    """One usable known_hosts line: its host patterns, key, and where it is."""
+
+    patterns: tuple[str, ...]
+    key: paramiko.PKey
+    path: str
+    lineno: int
+    revoked: bool = False
+
+    def matches(self, name: str) -> bool:
+        """OpenSSH's rule: no negated pattern matches ``name`` and some pattern does."""
+        matched = False
+        for pattern in self.patterns:
+            if pattern.startswith("|1|"):
+                matched = matched or _hashed_matches(pattern, name)
+            elif pattern.startswith("!"):
+                if _glob_matches(pattern[1:], name):
+                    return False
+            elif _glob_matches(pattern, name):
+                matched = True
+        return matched
+
+    def holds(self, key: paramiko.PKey) -> bool:
+        return self.key.get_name() == key.get_name() and self.key.asbytes() == key.asbytes()
 
 
-def find_known_host(paths: list[str], name: str, key: paramiko.PKey) -> Optional[tuple[str, int]]:
-    """(file, line number) of the known_hosts entry for ``name`` holding ``key``, or None.
+def _glob_matches(pattern: str, name: str) -> bool:
+    """OpenSSH host patterns: ``*`` and ``?`` only (``[host]:port`` is literal), any case."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, name, re.IGNORECASE | re.DOTALL) is not None
 
-    >>> find_known_host(["/root/.ssh/known_hosts"], "198.51.100.7", old_key)
-    ('/root/.ssh/known_hosts', 3)
+
+def _hash_parts(pattern: str) -> Optional[tuple[bytes, bytes]]:
+    """(salt, digest) of a ``|1|salt|digest`` hashed name, or None if it is not one."""
+    parts = pattern.split("|")
+    if len(parts) != 4 or parts[1] != "1":
+        return None
+    try:
+        salt, digest = (binascii.a2b_base64(p) for p in parts[2:])
+    except binascii.Error:
+        return None
+    return (salt, digest) if len(salt) == len(digest) == 20 else None
+
+
+def _hashed_matches(pattern: str, name: str) -> bool:
+    parts = _hash_parts(pattern)
+    if parts is None:
+        return False
+    mac = hmac.new(parts[0], name.lower().encode("utf-8"), hashlib.sha1).digest()
+    return hmac.compare_digest(mac, parts[1])
+
+
+_BAD_KEY = (InvalidHostKey, paramiko.SSHException, ValueError, TypeError, IndexError)
+
+
+def parse_known_hosts(text: str, path: str) -> tuple[list[KnownHost], list[str]]:
+    """The entries of one known_hosts file and the warnings for the lines skipped.
+
+    As OpenSSH: ``@revoked`` lines are kept (marked ``revoked``); ``@cert-authority`` lines
+    are skipped (natfleet does not check host certificates) with one warning for the file;
+    a corrupt line (too few fields, bad base64, unknown key type, a bad hashed name) is
+    skipped with a warning naming the file and line, and never affects the other lines.
+
+    >>> entries, warnings = parse_known_hosts(
+    ...     "# lab\\n198.51.100.7 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJgisAcjaOTR/prSOpT7kn"
+    ...     "SiqwZk4q93AQps8/AI2bXI\\n198.51.100.8 ssh-ed25519 AAAA!\\n", "known_hosts")
+    >>> [(e.patterns, e.lineno) for e in entries], warnings
+    ([(('198.51.100.7',), 2)], ['known_hosts line 3: bad key data, line skipped'])
     """
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                lines = handle.read().splitlines()
-        except OSError:
+    entries: list[KnownHost] = []
+    warnings: list[str] = []
+    authorities: list[int] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        fields = raw.split()
+        if not fields or fields[0].startswith("#"):
             continue
-        for lineno, line in enumerate(lines, 1):
-            fields = line.split()
-            if len(fields) < 3 or fields[0].startswith(("#", "@")):
-                continue
-            if not any(_host_matches(p, name) for p in fields[0].split(",")):
-                continue
-            if fields[1] == key.get_name() and fields[2] == key.get_base64():
-                return path, lineno
-    return None
-
-
-class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
-    """OpenSSH ``StrictHostKeyChecking yes``: an unknown host key is an error."""
-
-    def __init__(self, hop: _Hop) -> None:
-        self.hop = hop
-
-    def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
-        files = self.hop.known_hosts_files
-        raise target_error(
-            "hostkey",
-            f"unknown host key for {self.hop.where} ({key.get_name()} {key.fingerprint}): "
-            f"it is not in {' or '.join(files)}. Check the fingerprint with the box's owner "
-            f"(or the instance's console output), add it to {files[0]}, or pass "
-            "--accept-new-host-keys to record it on first use",
+        marker = fields.pop(0) if fields[0].startswith("@") else ""
+        if marker == "@cert-authority":
+            authorities.append(lineno)
+            continue
+        key, problem = _line_key(marker, fields)
+        if key is None:
+            warnings.append(f"{path} line {lineno}: {problem}, line skipped")
+            continue
+        patterns = tuple(fields[0].split(","))
+        entries.append(KnownHost(patterns, key, path, lineno, marker == "@revoked"))
+    if authorities:
+        lines = ", ".join(str(n) for n in authorities[:5]) + (", ..." if authorities[5:] else "")
+        warnings.append(
+            f"{path}: @cert-authority line(s) {lines} skipped: natfleet does not check host "
+            "certificates (a box known only by a certificate fails as an unknown host key)"
         )
+    return entries, warnings
 
 
-class _AcceptNew(_RefuseUnknown):
-    """OpenSSH ``StrictHostKeyChecking accept-new``: record an unknown key, refuse a change."""
+def _line_key(marker: str, fields: list[str]) -> tuple[Optional[paramiko.PKey], str]:
+    """(key, "") for a usable known_hosts line (its marker taken off), else (None, why)."""
+    if marker not in ("", "@revoked"):
+        return None, f"unknown marker {marker!r}"
+    if len(fields) < 3:
+        return None, "too few fields (want: hosts key-type base64-key)"
+    hashed = [p for p in fields[0].split(",") if p.startswith("|")]
+    if any(_hash_parts(p) is None for p in hashed):
+        return None, "bad hashed host name"
+    try:
+        entry = HostKeyEntry.from_line(" ".join(fields[:3]))
+    except _BAD_KEY:
+        return None, "bad key data"
+    if entry is None:
+        return None, f"unknown key type {fields[1]!r}"
+    if entry.key.asbytes() != binascii.a2b_base64(fields[2]):  # e.g. a truncated key
+        return None, "bad key data"
+    return entry.key, ""
+
+
+class KnownHostsFiles:
+    """known_hosts files read as OpenSSH reads them, each parsed again only when it changes;
+    every warning about a file is logged once. Safe for many threads.
+
+    >>> KnownHostsFiles().lookup(["/etc/ssh/ssh_known_hosts"], "[198.51.100.7]:2222")
+    []
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parsed: dict[str, tuple[tuple[int, int, int], list[KnownHost]]] = {}
+        self._warned: set[str] = set()
+
+    def entries(self, path: str) -> list[KnownHost]:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return []
+        if not stat.S_ISREG(info.st_mode):
+            return []
+        version = (info.st_ino, info.st_size, info.st_mtime_ns)
+        with self._lock:
+            cached = self._parsed.get(path)
+        if cached and cached[0] == version:
+            return cached[1]
+        try:
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            self._warn(f"cannot read {path}: {exc.strerror or exc}")
+            return []
+        entries, warnings = parse_known_hosts(text, path)
+        with self._lock:
+            self._parsed[path] = (version, entries)
+        for warning in warnings:
+            self._warn(warning)
+        return entries
+
+    def lookup(self, paths: list[str], name: str) -> list[KnownHost]:
+        """Every entry of ``paths`` for host ``name`` (``host`` or ``[host]:port``)."""
+        return [entry for path in paths for entry in self.entries(path) if entry.matches(name)]
+
+    def _warn(self, message: str) -> None:
+        with self._lock:
+            if message in self._warned:
+                return
+            self._warned.add(message)
+        log.warning("%s", message)
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Called when no usable key is known for the host: a revoked key is refused; otherwise
+    OpenSSH ``StrictHostKeyChecking yes`` (refuse) or ``accept-new`` (record it)."""
+
+    def __init__(self, hop: _Hop, known: KnownHostsFiles, revoked: list[KnownHost]) -> None:
+        self.hop = hop
+        self.known = known
+        self.revoked = revoked
 
     def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
+        _refuse_revoked(self.hop, key, self.revoked)
+        if not self.hop.accept_new:
+            files = self.hop.known_hosts_files
+            raise target_error(
+                "hostkey",
+                f"unknown host key for {self.hop.where} ({key.get_name()} {key.fingerprint}): "
+                f"it is not in {' or '.join(files)}. Check the fingerprint with the box's "
+                f"owner (or the instance's console output), add it to {files[0]}, or pass "
+                "--accept-new-host-keys to record it on first use",
+            )
+        self._accept_new(client, hostname, key)
+
+    def _accept_new(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
         path = self.hop.known_hosts
         if os.path.exists(path) and not os.path.isfile(path):
             # e.g. UserKnownHostsFile /dev/null: nothing would be recorded, so every key,
@@ -224,17 +467,14 @@ class _AcceptNew(_RefuseUnknown):
                 "file with --known-hosts",
             )
         with _known_hosts_lock:  # another thread may have just recorded this host
-            current = paramiko.HostKeys(path) if os.path.isfile(path) else paramiko.HostKeys()
-            known = current.lookup(hostname)
-            if known is not None:
-                old = known.get(key.get_name()) or next(iter(known.values()))
-                if old != key:
-                    raise _changed_key_error(self.hop, key, old)
-            else:
-                Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                with os.fdopen(fd, "a", encoding="ascii") as handle:
-                    handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+            entries = self.known.lookup(self.hop.known_hosts_files, self.hop.known_hosts_name)
+            _refuse_revoked(self.hop, key, [e for e in entries if e.revoked])
+            valid = [e for e in entries if not e.revoked]
+            if valid and not any(e.holds(key) for e in valid):
+                same = [e for e in valid if e.key.get_name() == key.get_name()]
+                raise _changed_key_error(self.hop, key, (same or valid)[0])
+            if not valid:
+                _append_line(path, f"{hostname} {key.get_name()} {key.get_base64()}\n")
                 log.warning(
                     "recorded new host key for %s (%s %s) in %s",
                     self.hop.where,
@@ -245,40 +485,116 @@ class _AcceptNew(_RefuseUnknown):
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 
-def _changed_key_error(hop: _Hop, got: paramiko.PKey, expected: paramiko.PKey) -> TargetError:
-    files = hop.known_hosts_files
-    found = find_known_host(files, hop.known_hosts_name, expected)
-    path, lineno = found if found else (files[0], 0)
-    where = f"{path} line {lineno}" if lineno else path
+def _append_line(path: str, line: str) -> None:
+    """Append ``line`` to ``path`` (0600, created with its folder), on a line of its own
+    even when the file does not end with a newline."""
+    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line
+        os.write(fd, line.encode("ascii"))
+    finally:
+        os.close(fd)
+
+
+def _refuse_revoked(hop: _Hop, key: paramiko.PKey, revoked: list[KnownHost]) -> None:
+    for entry in revoked:
+        if entry.holds(key):
+            raise target_error(
+                "hostkey",
+                f"host key for {hop.where} ({key.get_name()} {key.fingerprint}) is REVOKED "
+                f"in {entry.path} line {entry.lineno}: natfleet refuses it. The box may be "
+                "compromised or still using a retired key: ask its owner for its current key",
+            )
+
+
+def _changed_key_error(hop: _Hop, got: paramiko.PKey, expected: KnownHost) -> TargetError:
+    path = expected.path
     return target_error(
         "hostkey",
         f"host key for {hop.where} has CHANGED: the box offers {got.get_name()} "
-        f"{got.fingerprint} but {where} has {expected.fingerprint}. Someone may be "
-        "intercepting the connection, or the box was rebuilt. If you know it was rebuilt, "
-        f"remove the old key with: ssh-keygen -f '{path}' -R '{hop.known_hosts_name}'",
+        f"{got.fingerprint} but {path} line {expected.lineno} has {expected.key.fingerprint}. "
+        "Someone may be intercepting the connection, or the box was rebuilt. If you know it "
+        f"was rebuilt, remove the old key with: ssh-keygen -f '{path}' -R "
+        f"'{hop.known_hosts_name}'",
     )
+
+
+# --------------------------------------------------------------------------- one run
+
+
+class _Session:
+    """The sockets, clients and channel of one exec, closed together: when exec returns or
+    raises, and by a watchdog as soon as the deadline passes (closing them ends any paramiko
+    wait: banner, key exchange, auth, channel open, an exec request never answered)."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        self.deadline = deadline
+        self.socks: list[Any] = []
+        self.clients: list[Any] = []
+        self.channel: Any = None
+        self.expired = False
+        self._timer = threading.Timer(max(0.0, deadline.left()), self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Session:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        self.close()
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.close()
+
+    def close(self) -> None:
+        if self.channel is not None:
+            with suppress(Exception):
+                self.channel.close()
+        for client in reversed(self.clients):
+            with suppress(Exception):
+                client.close()
+        for sock in self.socks:
+            if isinstance(sock, socket.socket):
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it
+            with suppress(Exception):
+                sock.close()
+
+
+def _label(target: Target, hop: _Hop, where: str) -> str:
+    name = target.label
+    return name if name == hop.hostname else f"{name} ({where})"
 
 
 # --------------------------------------------------------------------------- connector
 
 
 class SshConnector:
-    """Runs the agent on SSH targets; one instance serves many threads.
+    """Runs constant commands on SSH targets; one instance serves many threads.
 
-    ``client_factory`` makes the paramiko-like client (tests hand in a fake).
+    ``client_factory`` makes the paramiko-like client and ``tcp_connect`` opens the TCP
+    connection to a hop that has no bastion or ProxyCommand (tests hand in fakes).
 
-    >>> SshConnector(SshOptions()).run_agent(Target(name="nat-a", host="nat-a"),
-    ...                                      {"mode": "summary"})[0]["ok"]
-    True
+    >>> SshConnector(SshOptions()).exec(Target(name="nat-a", host="nat-a"), REMOTE_COMMAND,
+    ...                                 stdin, reader.feed, Deadline(20)).status
+    0
     """
 
     def __init__(
         self,
         options: Optional[SshOptions] = None,
         client_factory: Callable[[], Any] = paramiko.SSHClient,
+        tcp_connect: TcpConnect = socket.create_connection,
     ) -> None:
         self.options = options or SshOptions()
         self.client_factory = client_factory
+        self.tcp_connect = tcp_connect
+        self.known_hosts = KnownHostsFiles()
         # paramiko.transport logs each failed handshake as an ERROR with a traceback: the same
         # failure the TargetError reports, so it is shown only with --debug.
         debug = self.options.debug
@@ -287,27 +603,23 @@ class SshConnector:
             logging.DEBUG if debug else logging.CRITICAL
         )
         self._config = self._load_config(self.options.config_path())
-        self._agent_source = Path(agent.__file__).read_bytes()
-
-    @property
-    def max_seconds(self) -> float:
-        """The longest one target can take (the fleet waits a little longer at most)."""
-        return self.options.max_seconds
 
     @staticmethod
     def _load_config(path: Optional[str]) -> Optional[paramiko.SSHConfig]:
         if not path:
             return None
         try:
-            return paramiko.SSHConfig.from_path(path)
+            return paramiko.SSHConfig.from_text(expand_includes(path))
         except OSError as exc:
             raise ConfigError(f"cannot read SSH config {path}: {exc.strerror or exc}") from None
+        except paramiko.ssh_exception.ConfigParseError as exc:
+            raise ConfigError(f"SSH config {path} (with its Includes): {exc}") from None
 
     # ---- resolving hosts
 
     def _resolve(self, alias: str, user: Optional[str], port: Optional[int]) -> _Hop:
         """Apply ~/.ssh/config to one host; explicit user/port win over the file."""
-        conf: dict[str, Any] = self._config.lookup(alias) if self._config else {}
+        conf: dict[str, Any] = dict(self._config.lookup(alias)) if self._config else {}
         key_files = [os.path.expanduser(p) for p in self.options.identity_files]
         key_files += [os.path.expanduser(p) for p in conf.get("identityfile", [])]
         proxy_command = conf.get("proxycommand")
@@ -317,10 +629,14 @@ class SshConnector:
         strict = str(conf.get("stricthostkeychecking", "yes")).lower()
         user_files = (conf.get("userknownhostsfile") or "").split()
         global_files = (conf.get("globalknownhostsfile") or "").split()
+        try:
+            config_port = int(conf.get("port", 22))
+        except ValueError:
+            raise ConfigError(f"SSH config: Port for {alias} is not a number") from None
         return _Hop(
             alias=alias,
             hostname=conf.get("hostname", alias),
-            port=port or int(conf.get("port", 22)),
+            port=port or config_port,
             user=user or conf.get("user") or getpass.getuser(),
             known_hosts=self.options.known_hosts_path(user_files[0] if user_files else None),
             system_known_hosts=os.path.expanduser(
@@ -346,20 +662,137 @@ class SshConnector:
             final.proxy_command = None  # OpenSSH: ProxyJump wins over ProxyCommand
         return [*hops, final]
 
+    # ---- running
+
+    def exec(
+        self,
+        target: Target,
+        command: str,
+        stdin: bytes,
+        on_stdout: Callable[[bytes], None],
+        deadline: Deadline,
+        max_stderr: int = 65536,
+        as_root: bool = True,
+    ) -> ExecResult:
+        """Run the constant ``command`` on ``target``, writing ``stdin`` and handing every
+        stdout chunk to ``on_stdout`` as it arrives; all within ``deadline``.
+
+        Raises TargetError (kind connect, auth, hostkey or timeout); whatever ``on_stdout``
+        raises is raised unchanged, after the connection is closed at once.
+        """
+        if not target.host:
+            raise target_error("connect", f"{target.label}: no address to connect to")
+        hops = self._chain(target)
+        hop = hops[-1]
+        where = hop.where + (" (via bastion)" if len(hops) > 1 else "")
+        sudo = SUDO_PREFIX if as_root and hop.user != "root" else ""
+        started = time.monotonic()
+        with _Session(deadline) as session:
+            client = self._connect(hops, session)
+            run = _Run(session, _label(target, hop, where), max_stderr)
+            status = run.execute(client, sudo + command, stdin, on_stdout)
+        received = run.stdout_bytes + run.stderr_bytes
+        log.debug("%s: %d bytes in %.2f s", where, received, time.monotonic() - started)
+        return ExecResult(status, bytes(run.stderr), received, where, hop.user)
+
     # ---- connecting
 
-    def _connect_hop(self, hop: _Hop, sock: Any, deadline: _Deadline, via: str) -> Any:
-        client = self.client_factory()
-        known = hop.known_hosts
-        if os.path.isfile(hop.system_known_hosts):
-            client.load_system_host_keys(hop.system_known_hosts)
-        if os.path.isfile(known):
-            client.load_host_keys(known)
-        policy = _AcceptNew if hop.accept_new else _RefuseUnknown
-        client.set_missing_host_key_policy(policy(hop))
-        left = max(0.1, min(deadline.left(), self.options.connect_timeout))
-        started = time.monotonic()
+    def _connect(self, hops: list[_Hop], session: _Session) -> Any:
+        """Connect every hop (bastions first); the target's client."""
+        client: Any = None
+        for i, hop in enumerate(hops):
+            via = f" (via {hops[i - 1].where})" if i else ""
+            if session.expired:
+                raise self._no_answer(f"{hop.where}{via}", session, 0)
+            sock = self._open_sock(hop, hops[i - 1] if i else None, client, session, via)
+            client = self._connect_hop(hop, sock, session, via)
+        return client
+
+    def _open_sock(
+        self, hop: _Hop, bastion: Optional[_Hop], via_client: Any, session: _Session, via: str
+    ) -> Any:
+        """The stream to ``hop``: a bastion's direct-tcpip channel, a ProxyCommand or TCP."""
+        deadline = session.deadline
+        limit = self._limit(deadline)
+        try:
+            if bastion is not None:
+                sock = via_client.get_transport().open_channel(
+                    "direct-tcpip",
+                    (hop.hostname, hop.port),
+                    ("127.0.0.1", 0),
+                    timeout=deadline.bound(self.options.connect_timeout),
+                )
+            elif hop.proxy_command:
+                # paramiko runs it with shlex.split (no shell); host names are validated.
+                sock = paramiko.ProxyCommand(hop.proxy_command)
+            else:
+                sock = self.tcp_connect(
+                    (hop.hostname, hop.port), deadline.bound(self.options.connect_timeout)
+                )
+        except paramiko.ChannelException as exc:
+            raise target_error(
+                "connect",
+                f"bastion {bastion.where if bastion else ''} cannot reach {hop.where}: "
+                f"{exc.text or 'refused'} (SSH channel failure {exc.code})",
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - each case is named by _stream_error
+            raise self._stream_error(exc, hop, bastion, session, limit, via) from None
+        session.socks.append(sock)
+        return sock
+
+    def _stream_error(
+        self,
+        exc: Exception,
+        hop: _Hop,
+        bastion: Optional[_Hop],
+        session: _Session,
+        limit: float,
+        via: str,
+    ) -> TargetError:
         where = f"{hop.where}{via}"
+        if (
+            session.expired
+            or isinstance(exc, (socket.timeout, TimeoutError))
+            or (isinstance(exc, paramiko.SSHException) and "timeout" in str(exc).lower())
+        ):
+            if bastion is not None:
+                return target_error(
+                    "timeout",
+                    f"bastion {bastion.where} did not open a channel to {hop.where} within "
+                    f"{self._seconds(session, limit):g} s",
+                )
+            return self._no_answer(where, session, limit)
+        if bastion is not None:
+            return target_error(
+                "connect", f"bastion {bastion.where} cannot reach {hop.where}: {_reason(exc)}"
+            )
+        if hop.proxy_command and isinstance(exc, (OSError, paramiko.SSHException)):
+            return target_error(
+                "connect", f"ProxyCommand for {hop.where} did not start: {_reason(exc)}"
+            )
+        if isinstance(exc, socket.gaierror):
+            return target_error(
+                "connect", f"cannot resolve {hop.hostname!r}{via}: {exc.strerror or exc}"
+            )
+        return _tcp_error(exc, where)
+
+    def _connect_hop(self, hop: _Hop, sock: Any, session: _Session, via: str) -> Any:
+        client = self.client_factory()
+        session.clients.append(client)  # closed with the session, on any failure too
+        known = self.known_hosts.lookup(hop.known_hosts_files, hop.known_hosts_name)
+        revoked = [e for e in known if e.revoked]
+        first: dict[str, KnownHost] = {}  # paramiko keeps one key per type: the first line's
+        for entry in known:
+            if not entry.revoked and not any(r.holds(entry.key) for r in revoked):
+                first.setdefault(entry.key.get_name(), entry)
+        host_keys = client.get_host_keys()
+        for entry in first.values():
+            host_keys.add(hop.known_hosts_name, entry.key.get_name(), entry.key)
+        client.set_missing_host_key_policy(_HostKeyPolicy(hop, self.known_hosts, revoked))
+        deadline = session.deadline
+        limit = self._limit(deadline)
+        step = deadline.bound(self.options.connect_timeout)
+        started = time.monotonic()
         try:
             client.connect(
                 hostname=hop.hostname,
@@ -370,191 +803,195 @@ class SshConnector:
                 allow_agent=not (hop.identities_only and hop.key_files),
                 compress=True,
                 sock=sock,
-                timeout=left,
-                banner_timeout=left,
-                auth_timeout=left,
-                channel_timeout=left,
+                timeout=step,
+                banner_timeout=step,
+                auth_timeout=step,
+                channel_timeout=step,
             )
-            return client
-        except TargetError:
-            client.close()
-            raise
         except paramiko.BadHostKeyException as exc:
-            client.close()
-            raise _changed_key_error(hop, exc.key, exc.expected_key) from None
-        except paramiko.PasswordRequiredException:
-            client.close()
-            raise target_error(
+            _refuse_revoked(hop, exc.key, revoked)
+            expected = [e for e in first.values() if e.holds(exc.expected_key)]
+            shown = expected[0] if expected else next(iter(first.values()))
+            raise _changed_key_error(hop, exc.key, shown) from None
+        except TargetError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - each case is named by _handshake_error
+            slow = time.monotonic() - started >= step * 0.9
+            raise self._handshake_error(exc, hop, client, session, limit, via, slow) from None
+        if session.expired:
+            raise self._no_answer(f"{hop.where}{via}", session, limit)
+        return client
+
+    def _handshake_error(
+        self,
+        exc: Exception,
+        hop: _Hop,
+        client: Any,
+        session: _Session,
+        limit: float,
+        via: str,
+        slow: bool,
+    ) -> TargetError:
+        """The TargetError for a failed SSH handshake (banner, key exchange, auth)."""
+        where = f"{hop.where}{via}"
+        text = str(exc)
+        lowered = text.lower()
+        if isinstance(exc, paramiko.PasswordRequiredException):
+            return target_error(
                 "auth",
                 f"cannot log in to {where}: the key file is passphrase-protected; "
                 "add it to ssh-agent (ssh-add KEYFILE) and try again",
-            ) from None
-        except paramiko.AuthenticationException as exc:
-            client.close()
-            raise target_error("auth", self._auth_message(hop, where, exc)) from None
-        except paramiko.ssh_exception.NoValidConnectionsError:
-            client.close()
-            raise target_error(
-                "connect", f"connection refused by {where}: is sshd running and the port right?"
-            ) from None
-        except socket.gaierror as exc:
-            client.close()
-            raise target_error(
-                "connect", f"cannot resolve {hop.hostname!r}{via}: {exc.strerror or exc}"
-            ) from None
-        except (socket.timeout, TimeoutError, EOFError, paramiko.SSHException, OSError) as exc:
-            client.close()
-            slow = time.monotonic() - started >= left * 0.9
-            if slow or isinstance(exc, (socket.timeout, TimeoutError)):
-                raise target_error(
-                    "timeout",
-                    f"no SSH answer from {where} within {self.options.connect_timeout:g} s "
-                    "(firewall, security group, or not an SSH server?)",
-                ) from None
-            if isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower():
-                raise target_error(
-                    "connect", f"{where} did not answer as an SSH server: {exc}"
-                ) from None
-            if isinstance(exc, paramiko.SSHException) and "authentic" in str(exc).lower():
-                raise target_error("auth", self._auth_message(hop, where, exc)) from None
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise target_error("connect", f"cannot connect to {where}: {reason}") from None
+            )
+        authenticating = _kex_done(client)
+        if (isinstance(exc, paramiko.AuthenticationException) and "timeout" in lowered) or (
+            authenticating and session.expired
+        ):
+            return target_error(
+                "timeout",
+                f"{where} did not finish authentication within "
+                f"{self._seconds(session, limit):g} s (the server or its login is slow)",
+            )
+        if isinstance(exc, (socket.timeout, TimeoutError)) or (
+            not authenticating and (session.expired or slow)
+        ):
+            return self._no_answer(where, session, limit)
+        if isinstance(exc, paramiko.AuthenticationException):
+            return target_error("auth", self._auth_message(hop, where, exc))
+        if isinstance(exc, paramiko.SSHException) and "banner" in lowered:
+            return target_error(
+                "connect", f"{where} did not answer as an SSH server: {_shown(text)}"
+            )
+        if isinstance(exc, paramiko.SSHException) and "protocol version" in lowered:
+            return target_error(
+                "connect", f"{where} did not answer as an SSH server: {_shown(text)}"
+            )
+        if isinstance(exc, paramiko.SSHException) and "authentic" in lowered:
+            return target_error("auth", self._auth_message(hop, where, exc))
+        if isinstance(exc, EOFError):
+            return target_error(
+                "connect", f"{where} closed the connection during the SSH handshake"
+            )
+        if isinstance(exc, paramiko.SSHException):
+            return target_error("connect", f"SSH handshake with {where} failed: {_shown(text)}")
+        return _tcp_error(exc, where)
+
+    def _no_answer(self, where: str, session: _Session, limit: float) -> TargetError:
+        return target_error(
+            "timeout",
+            f"no SSH answer from {where} within {self._seconds(session, limit):g} s "
+            "(firewall, security group, or not an SSH server?)",
+        )
+
+    def _limit(self, deadline: Deadline) -> float:
+        """The limit a connect step stops at: the connect timeout, or the deadline's."""
+        timeout = self.options.connect_timeout
+        return timeout if timeout < deadline.left() else deadline.seconds
+
+    @staticmethod
+    def _seconds(session: _Session, limit: float) -> float:
+        return session.deadline.seconds if session.expired else limit
 
     @staticmethod
     def _auth_message(hop: _Hop, where: str, exc: Exception) -> str:
         keys = ", ".join(hop.key_files) or "ssh-agent and ~/.ssh/id_*"
         return (
-            f"authentication failed for {where} (tried {keys}): {exc}. Give the right login "
-            "with --ssh-user or USER@HOST, a key with -i, or load it into ssh-agent"
+            f"authentication failed for {where} (tried {keys}): {_shown(str(exc))}. Give the "
+            "right login with --ssh-user or USER@HOST, a key with -i, or load it into ssh-agent"
         )
 
-    def _connect(self, target: Target, deadline: _Deadline) -> tuple[list[Any], _Hop]:
-        """Connected clients (bastions first, the target last) and the target's hop."""
-        hops = self._chain(target)
-        clients: list[Any] = []
-        try:
-            for i, hop in enumerate(hops):
-                via = f" (via {hops[i - 1].where})" if i else ""
-                sock: Any = None
-                if clients:
-                    try:
-                        sock = (
-                            clients[-1]
-                            .get_transport()
-                            .open_channel(
-                                "direct-tcpip",
-                                (hop.hostname, hop.port),
-                                ("127.0.0.1", 0),
-                                timeout=max(0.1, deadline.left()),
-                            )
-                        )
-                    except (paramiko.SSHException, OSError, EOFError) as exc:
-                        raise target_error(
-                            "connect",
-                            f"bastion {hops[i - 1].where} cannot reach {hop.where}: {exc}",
-                        ) from None
-                elif hop.proxy_command:
-                    # paramiko runs it with shlex.split (no shell); host names are validated.
-                    try:
-                        sock = paramiko.ProxyCommand(hop.proxy_command)
-                    except (OSError, paramiko.SSHException) as exc:
-                        raise target_error(
-                            "connect", f"ProxyCommand for {hop.where} did not start: {exc}"
-                        ) from None
-                clients.append(self._connect_hop(hop, sock, deadline, via))
-        except BaseException:
-            _close_all(clients)
-            raise
-        return clients, hops[-1]
 
-    # ---- running
-
-    def run_agent(self, target: Target, request: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """Run the agent on ``target``; returns (answer, bytes received).
-
-        Raises TargetError with ``kind`` connect, auth, hostkey, sudo, timeout, agent or
-        table. An ``ok: false`` answer is returned as is.
-        """
-        if not target.host:
-            raise target_error("connect", f"{target.label}: no address to connect to")
-        deadline = _Deadline(self.options.max_seconds)
-        started = time.monotonic()
-        clients, hop = self._connect(target, deadline)
-        try:
-            run = _Runner(clients[-1], target, hop, deadline, self.options.command_timeout)
-            sudo = SUDO_PREFIX if hop.user != "root" else ""
-            stdin = b"%d\n" % len(self._agent_source) + self._agent_source
-            stdin += json.dumps(request).encode("utf-8")
-            out, err, status = run.execute(sudo + REMOTE_COMMAND, stdin)
-            received = len(out) + len(err)
-            if not out.strip() and _python_missing(err):
-                log.info("%s: python3 not found, reading the table with the raw command", hop.where)
-                out, err, status = run.execute(sudo + agent.RAW_COMMAND, b"")
-                received += len(out) + len(err)
-                answer = _raw_answer(run, request, out, err, status)
-            else:
-                answer = _parse_answer(run, out, err, status)
-            log.debug("%s: %d bytes in %.2f s", hop.where, received, time.monotonic() - started)
-            return answer, received
-        finally:
-            _close_all(clients)
+def _kex_done(client: Any) -> bool:
+    """The key exchange finished (the host key is known): a failure now is in auth."""
+    transport = client.get_transport()
+    return transport is not None and getattr(transport, "host_key", None) is not None
 
 
-def _close_all(clients: list[Any]) -> None:
-    for client in reversed(clients):
-        client.close()
+def _tcp_error(exc: BaseException, where: str) -> TargetError:
+    """The TargetError for a failed TCP connection (or any other failure, named)."""
+    codes = {getattr(exc, "errno", None)}
+    codes |= {getattr(e, "errno", None) for e in getattr(exc, "errors", {}).values()}
+    if errno.ECONNREFUSED in codes:
+        return target_error(
+            "connect", f"connection refused by {where}: is sshd running and the port right?"
+        )
+    if codes & {errno.EHOSTUNREACH, errno.ENETUNREACH}:
+        what = "network" if errno.ENETUNREACH in codes else "host"
+        return target_error(
+            "connect",
+            f"cannot connect to {where}: no route to {what} (is the box running, and the "
+            "address, VPN or route right?)",
+        )
+    return target_error("connect", f"cannot connect to {where}: {_reason(exc)}")
 
 
-def _python_missing(err: bytes) -> bool:
-    text = err.decode("utf-8", "replace")
-    return "python3" in text and ("not found" in text or "No such file" in text)
+def _reason(exc: BaseException) -> str:
+    """What happened, named: the OS reason, else the exception's text and type."""
+    strerror = getattr(exc, "strerror", None)
+    if strerror:
+        return str(strerror)
+    text = _shown(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class _Runner:
-    """Runs one command on a connected client with stdin, within the deadline."""
+def _shown(text: str) -> str:
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
 
-    def __init__(
-        self, client: Any, target: Target, hop: _Hop, deadline: _Deadline, timeout: float
-    ) -> None:
-        self.client = client
-        self.target = target
-        self.hop = hop
-        self.deadline = deadline
-        self.timeout = timeout
 
-    @property
-    def label(self) -> str:
-        name = self.target.label
-        return name if name == self.hop.hostname else f"{name} ({self.hop.where})"
+class _Run:
+    """Runs one command on a connected client: stdin written while stdout streams to the
+    callback and the tail of stderr is kept, within the session's deadline."""
+
+    def __init__(self, session: _Session, label: str, max_stderr: int) -> None:
+        self.session = session
+        self.label = label
+        self.max_stderr = max_stderr
+        self.stderr = bytearray()
+        self.stdout_bytes = 0
+        self.stderr_bytes = 0
+        self.callback_error: Optional[BaseException] = None
 
     def timed_out(self) -> TargetError:
+        hint = ""
+        if self.stdout_bytes:
+            hint = (
+                f" (it was still sending: {self.stdout_bytes:,} bytes so far; raise --timeout "
+                "for a very large table)"
+            )
         return target_error(
             "timeout",
-            f"{self.label} did not finish within {self.deadline.seconds:g} s "
-            "(raise --timeout for a very large table)",
+            f"{self.label} did not finish within {self.session.deadline.seconds:g} s" + hint,
         )
 
-    def execute(self, command: str, stdin: bytes) -> tuple[bytes, bytes, int]:
-        """(stdout, stderr, exit status); stdin is written while output is read, so a chatty
-        command can never deadlock against a full window."""
+    def execute(
+        self, client: Any, command: str, stdin: bytes, on_stdout: Callable[[bytes], None]
+    ) -> Optional[int]:
+        """The exit status (None if the channel closed without one)."""
+        deadline = self.session.deadline
         try:
-            channel = self.client.get_transport().open_session(
-                timeout=max(0.1, self.deadline.left())
-            )
-            channel.settimeout(max(0.1, self.deadline.left()))
-            channel.exec_command(command)
-        except (socket.timeout, TimeoutError):
-            raise self.timed_out() from None
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise target_error("connect", f"{self.label}: cannot start a session: {exc}") from None
+            channel = client.get_transport().open_session(timeout=max(0.1, deadline.left()))
+            self.session.channel = channel
+            channel.settimeout(max(0.1, deadline.left()))
+            channel.exec_command(command)  # waits for the answer: the watchdog bounds it
+        except Exception as exc:  # noqa: BLE001 - every failure to start is named
+            if self.session.expired or deadline.expired() or "timeout" in str(exc).lower():
+                raise self.timed_out() from None
+            raise target_error(
+                "connect", f"{self.label}: cannot start the command: {_reason(exc)}"
+            ) from None
         try:
-            return self._pump(channel, stdin)
-        finally:
-            channel.close()
+            return self._pump(channel, stdin, on_stdout)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if exc is self.callback_error:
+                raise  # from on_stdout: unchanged
+            if self.session.expired or deadline.expired():
+                raise self.timed_out() from None
+            raise target_error(
+                "connect", f"{self.label}: the connection broke: {_reason(exc)}"
+            ) from None
 
-    def _pump(self, channel: Any, stdin: bytes) -> tuple[bytes, bytes, int]:
-        out: list[bytes] = []
-        err: list[bytes] = []
+    def _pump(
+        self, channel: Any, stdin: bytes, on_stdout: Callable[[bytes], None]
+    ) -> Optional[int]:
         pending = memoryview(stdin)
         if not pending:
             channel.shutdown_write()
@@ -569,11 +1006,17 @@ class _Runner:
                 if not pending:
                     channel.shutdown_write()
                 busy = True
-            while channel.recv_ready():
-                out.append(channel.recv(_CHUNK))
+            if channel.recv_ready():  # one chunk a turn: the deadline is checked between
+                chunk = channel.recv(_CHUNK)
+                self.stdout_bytes += len(chunk)
+                try:
+                    on_stdout(chunk)
+                except BaseException as exc:
+                    self.callback_error = exc
+                    raise
                 busy = True
-            while channel.recv_stderr_ready():
-                err.append(channel.recv_stderr(_CHUNK))
+            if channel.recv_stderr_ready():
+                self._keep_stderr(channel.recv_stderr(_CHUNK))
                 busy = True
             if (
                 channel.exit_status_ready()
@@ -582,70 +1025,17 @@ class _Runner:
                 and not channel.recv_ready()
                 and not channel.recv_stderr_ready()
             ):
-                return b"".join(out), b"".join(err), channel.recv_exit_status()
-            if self.deadline.expired():
+                if self.session.expired:  # closed by the watchdog, not by the command
+                    raise self.timed_out()
+                status = channel.recv_exit_status()
+                return status if status >= 0 else None
+            if self.session.deadline.expired() or self.session.expired:
                 raise self.timed_out()
             if not busy:
                 time.sleep(_POLL)
 
-    def remote_failure(self, err: bytes, status: int) -> TargetError:
-        """The error for a command that printed nothing on stdout."""
-        text = err.decode("utf-8", "replace").strip()
-        last = text.splitlines()[-1] if text else f"exit status {status}, no output"
-        if "sudo" in text and ("not found" in text or "No such file" in text):
-            return target_error(
-                "sudo",
-                f"sudo is not installed on {self.label}: log in as root (--ssh-user root or "
-                "root@HOST) or install sudo",
-            )
-        if "password is required" in text or "terminal is required" in text or "askpass" in text:
-            return target_error(
-                "sudo",
-                f"sudo asked for a password on {self.label}: allow 'NOPASSWD' for python3 "
-                f"(and sh, for boxes without python3) for user {self.hop.user!r}, or log in "
-                "as root",
-            )
-        if "sudoers" in text or "not allowed to execute" in text:
-            return target_error(
-                "sudo",
-                f"user {self.hop.user!r} may not use sudo on {self.label} ({last}): allow "
-                "'NOPASSWD' for python3, or log in as root",
-            )
-        return target_error("agent", f"the agent failed on {self.label}: {last}")
-
-
-def _parse_answer(run: _Runner, out: bytes, err: bytes, status: int) -> dict[str, Any]:
-    """The agent's JSON answer, or a TargetError explaining why there is none."""
-    if not out.strip():
-        raise run.remote_failure(err, status)
-    try:
-        answer = json.loads(out.decode("utf-8", "replace"))
-    except ValueError:
-        snippet = out[:200].decode("utf-8", "replace")
-        raise target_error(
-            "agent", f"the agent on {run.label} did not answer JSON (exit {status}): {snippet!r}"
-        ) from None
-    if not isinstance(answer, dict):
-        raise target_error("agent", f"the agent on {run.label} answered {type(answer).__name__}")
-    return answer
-
-
-def _raw_answer(
-    run: _Runner, request: dict[str, Any], out: bytes, err: bytes, status: int
-) -> dict[str, Any]:
-    """Parse a ``RAW_COMMAND`` dump here, as the agent would have on the box."""
-    if not out.strip():
-        failure = run.remote_failure(err, status)
-        if getattr(failure, "kind", "") == "agent":
-            failure = target_error(
-                "table",
-                f"python3 is not installed on {run.label} and the shell fallback read "
-                f"nothing: {err.decode('utf-8', 'replace').strip() or f'exit {status}'}",
-            )
-        raise failure
-    answer = agent.handle(
-        request, agent.DumpSources(agent.split_raw_dump(out.decode("ascii", "replace")))
-    )
-    answer.setdefault("warnings", []).append(RAW_WARNING)
-    answer["executor"] = "raw"
-    return answer
+    def _keep_stderr(self, chunk: bytes) -> None:
+        self.stderr_bytes += len(chunk)
+        self.stderr += chunk
+        if len(self.stderr) > self.max_stderr:
+            del self.stderr[: len(self.stderr) - self.max_stderr]

@@ -1,4 +1,5 @@
-"""Making untrusted text (tag values, host names, kernel strings) safe to print.
+"""Making untrusted text (tag values, host names, kernel strings) safe to print: the name
+older modules import; the one implementation is :func:`natfleet.output.safe`.
 
 Example:
     >>> printable("nat\\u202egnp.exe\\nrm -rf /")
@@ -7,11 +8,6 @@ Example:
 
 from __future__ import annotations
 
+from natfleet.output import safe as printable
 
-def printable(text: str, newlines: bool = False) -> str:
-    """``text`` with unprintable characters (controls, bidi overrides, and newlines unless
-    ``newlines``) escaped, so a hostile name can neither break a table nor reorder it."""
-    return "".join(
-        c if c.isprintable() or (newlines and c == "\n") else c.encode("unicode_escape").decode()
-        for c in text
-    )
+__all__ = ["printable"]

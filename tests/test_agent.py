@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import ipaddress
 import json
+import math
+import random
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from natfleet import agent
+from natfleet import answer as answer_module
 from tests.conftest import DATA
 
 LINES = sorted((DATA / "lines").glob("*.txt"))
@@ -197,19 +205,528 @@ def test_sort_is_numeric():
     assert ports[0] == "80"
 
 
-def test_bad_requests_are_answers_not_exceptions():
+NAN, INF = float("nan"), float("inf")
+GOOD_REQUEST = {
+    "mode": "list",
+    "filters": {"proto": "tcp", "src": ["192.168.1.0/24"], "dst": None, "nat": ["snat"]},
+    "sort": "dst-port",
+    "top": 10,
+    "limit": 5,
+    "resolve": False,
+    "resolve_budget": 5.0,
+    "jobs": None,
+}
+# (the field as the error names it, a request, what the error says)
+BAD_REQUESTS = [
+    ("the request", [], "must be a JSON object"),
+    ("the request", "list", "must be a JSON object"),
+    ("the request", None, "must be a JSON object"),
+    ("mdoe", {"mdoe": "list"}, "unknown key"),
+    ("mode", {"mode": "nope"}, "list, summary or info"),
+    ("mode", {"mode": None}, "list, summary or info"),
+    ("mode", {"mode": ["list"]}, "list, summary or info"),
+    ("filters", {"filters": "abc"}, "must be an object, not str"),
+    ("filters", {"filters": ["tcp"]}, "must be an object, not list"),
+    ("filters", {"filters": 5}, "must be an object, not int"),
+    ("filters.port", {"filters": {"port": 80}}, "unknown key"),
+    ("filters.proto", {"filters": {"proto": "tcpx"}}, "unknown protocol 'tcpx'"),
+    ("filters.proto", {"filters": {"proto": ""}}, "unknown protocol"),
+    ("filters.proto", {"filters": {"proto": "256"}}, "unknown protocol"),
+    ("filters.proto", {"filters": {"proto": "9" * 5000}}, "unknown protocol"),
+    ("filters.proto", {"filters": {"proto": 256}}, "0 to 255"),
+    ("filters.proto", {"filters": {"proto": -1}}, "0 to 255"),
+    ("filters.proto", {"filters": {"proto": True}}, "not bool"),
+    ("filters.proto", {"filters": {"proto": 6.0}}, "not float"),
+    ("filters.proto", {"filters": {"proto": ["tcp"]}}, "not list"),
+    ("filters.src", {"filters": {"src": "192.0.2.0/24"}}, "must be a list"),
+    ("filters.src", {"filters": {"src": ["not-an-address"]}}, "not an address or CIDR"),
+    ("filters.src", {"filters": {"src": [3221225984]}}, "not an address or CIDR"),
+    ("filters.src", {"filters": {"src": {"192.0.2.1": 1}}}, "must be a list"),
+    ("filters.src", {"filters": {"src": 5}}, "must be a list"),
+    ("filters.dst", {"filters": {"dst": "203.0.113.5"}}, "must be a list"),
+    ("filters.dst", {"filters": {"dst": [None]}}, "not an address or CIDR"),
+    ("filters.nat", {"filters": {"nat": "snat"}}, "must be a list"),
+    ("filters.nat", {"filters": {"nat": ["masq"]}}, "not a NAT kind"),
+    ("filters.nat", {"filters": {"nat": [1]}}, "not a NAT kind"),
+    ("filters.nat", {"filters": {"nat": {"snat": True}}}, "must be a list"),
+    ("sort", {"sort": "size"}, "must be one of"),
+    ("sort", {"sort": 1}, "must be one of"),
+    ("sort", {"sort": ["src"]}, "must be one of"),
+    ("top", {"top": "x"}, "not str"),
+    ("top", {"top": "10"}, "not str"),
+    ("top", {"top": True}, "not bool"),
+    ("top", {"top": 1.5}, "not float"),
+    ("top", {"top": None}, "not null"),
+    ("top", {"top": 0}, "from 1 to 1000"),
+    ("top", {"top": 1001}, "from 1 to 1000"),
+    ("top", {"top": -3}, "from 1 to 1000"),
+    ("limit", {"limit": 0}, "1 or more"),
+    ("limit", {"limit": -1}, "1 or more"),
+    ("limit", {"limit": "5"}, "not str"),
+    ("limit", {"limit": True}, "not bool"),
+    ("limit", {"limit": 1.0}, "not float"),
+    ("resolve", {"resolve": "yes"}, "true or false"),
+    ("resolve", {"resolve": 1}, "true or false"),
+    ("resolve", {"resolve": None}, "true or false"),
+    ("resolve_budget", {"resolve_budget": 0}, "above 0"),
+    ("resolve_budget", {"resolve_budget": -1.0}, "above 0"),
+    ("resolve_budget", {"resolve_budget": 60.5}, "at most 60"),
+    ("resolve_budget", {"resolve_budget": NAN}, "above 0"),
+    ("resolve_budget", {"resolve_budget": INF}, "above 0"),
+    ("resolve_budget", {"resolve_budget": "5"}, "above 0"),
+    ("resolve_budget", {"resolve_budget": True}, "above 0"),
+    ("resolve_budget", {"resolve_budget": None}, "above 0"),
+    ("jobs", {"jobs": 0}, "from 1 to 64"),
+    ("jobs", {"jobs": 65}, "from 1 to 64"),
+    ("jobs", {"jobs": "2"}, "not str"),
+    ("jobs", {"jobs": True}, "not bool"),
+    ("jobs", {"jobs": 2.0}, "not float"),
+]
+
+
+@pytest.mark.parametrize(("field", "request_", "says"), BAD_REQUESTS, ids=lambda v: repr(v)[:40])
+def test_a_bad_request_field_is_a_bad_request_naming_it(field, request_, says):
+    answer = agent.handle(request_, agent.LocalSources(str(ROOT)))
+    assert answer["ok"] is False, answer
+    assert answer["error"]["kind"] == "bad_request"
+    message = answer["error"]["message"]
+    if field != "the request":
+        assert message.startswith(field + ": "), message
+    assert says in message
+    assert len(message) < 400  # a 5,000-digit value is not echoed whole
+
+
+@pytest.mark.parametrize(("field", "request_", "says"), BAD_REQUESTS, ids=lambda v: repr(v)[:40])
+def test_a_bad_request_field_is_one_strict_wire_line(field, request_, says):
+    lines = list(agent.answer_lines(request_, agent.LocalSources(str(ROOT))))
+    assert len(lines) == 1
+    assert json.loads(lines[0], parse_constant=_no_constant) == agent.handle(
+        request_, agent.LocalSources(str(ROOT))
+    )
+
+
+def test_the_three_requests_of_issue_7_are_answers():
+    """{"top":"x"} and {"filters":"abc"} raised; a src string was read letter by letter."""
     sources = agent.LocalSources(str(ROOT))
-    for request in (
-        {"mode": "nope"},
-        {"sort": "size"},
-        {"filters": {"proto": "tcpx"}},
-        {"filters": {"src": ["not-an-address"]}},
-        {"filters": {"nat": ["masq"]}},
-        [],
+    for request, field in (
+        ({"mode": "summary", "top": "x"}, "top"),
+        ({"filters": "abc"}, "filters"),
+        ({"filters": {"src": "192.0.2.0/24"}}, "filters.src"),
     ):
         answer = agent.handle(request, sources)
-        assert answer["ok"] is False
         assert answer["error"]["kind"] == "bad_request"
+        assert answer["error"]["message"].startswith(field + ": ")
+
+
+# (a field's value, the Request attribute, what it becomes): bounds included
+GOOD_FIELDS = [
+    ({"mode": "summary"}, "mode", "summary"),
+    ({}, "mode", "list"),
+    ({"filters": None}, "pnum", None),
+    ({"filters": {"proto": "TCP"}}, "pnum", 6),
+    ({"filters": {"proto": "17"}}, "pnum", 17),
+    ({"filters": {"proto": 0}}, "pnum", 0),
+    ({"filters": {"proto": 255}}, "pnum", 255),
+    ({"filters": {"proto": None}}, "pnum", None),
+    ({"filters": {"src": []}}, "src", []),
+    ({"filters": {"dst": ["2001:db8::/32"]}}, "dst", [ipaddress.ip_network("2001:db8::/32")]),
+    ({"filters": {"nat": ["local", "routed"]}}, "nat", frozenset(["local", "routed"])),
+    ({"filters": {"nat": None}}, "nat", frozenset(["snat", "dnat", "snat+dnat"])),
+    ({"sort": None}, "sort", None),
+    ({"sort": "state"}, "sort", "state"),
+    ({}, "top", 10),
+    ({"top": 1}, "top", 1),
+    ({"top": 1000}, "top", 1000),
+    ({"limit": None}, "limit", None),
+    ({"limit": 1}, "limit", 1),
+    ({"resolve": True}, "resolve", True),
+    ({}, "resolve_budget", 5.0),
+    ({"resolve_budget": 60}, "resolve_budget", 60.0),
+    ({"resolve_budget": 0.001}, "resolve_budget", 0.001),
+    ({"jobs": 1}, "jobs", 1),
+    ({"jobs": 64}, "jobs", 64),
+]
+
+
+@pytest.mark.parametrize(("request_", "attribute", "value"), GOOD_FIELDS, ids=repr)
+def test_a_good_request_field_takes_effect(request_, attribute, value):
+    assert getattr(agent.Request(request_), attribute) == value
+
+
+def test_every_documented_field_at_once_is_a_request():
+    answer = agent.handle(GOOD_REQUEST, agent.LocalSources(str(ROOT)))
+    assert answer["ok"], answer
+    assert 0 < len(answer["rows"]) <= 5
+    assert {r["proto"] for r in answer["rows"]} == {"tcp"}
+
+
+def test_random_requests_never_raise():
+    """Every field given values of every JSON type: always an answer, never an exception."""
+    rng = random.Random(7)
+    values = [
+        None,
+        True,
+        False,
+        0,
+        1,
+        -1,
+        2**70,
+        1.5,
+        NAN,
+        INF,
+        "",
+        "x",
+        "tcp",
+        "src",
+        "192.0.2.0/24",
+        [],
+        ["snat"],
+        ["192.0.2.1"],
+        [None],
+        {},
+        {"proto": "udp"},
+    ]
+    keys = list(agent.REQUEST_KEYS) + ["bogus"]
+    sources = agent.LocalSources(str(ROOT))
+    kinds = set()
+    for _ in range(400):
+        request = {rng.choice(keys): rng.choice(values) for _ in range(rng.randrange(1, 4))}
+        if rng.random() < 0.3:
+            request["filters"] = {rng.choice(agent.FILTER_KEYS): rng.choice(values)}
+        answer = agent.handle(request, sources)
+        assert isinstance(answer["ok"], bool)
+        kinds.add(answer.get("error", {}).get("kind"))
+        if not answer["ok"]:
+            assert answer["error"]["kind"] == "bad_request", answer
+    assert {None, "bad_request"} <= kinds  # both good and bad ones were drawn
+
+
+# ------------------------------------------------------------------ garbled host facts
+
+FACTS = DATA / "malformed" / "facts"
+# overlay folder -> (the fact that becomes unknown, what it becomes)
+GARBLED_FACTS = {
+    "stat-not-hex": ("stats", None),
+    "stat-ragged-row": ("stats", None),
+    "stat-header-only": ("stats", None),
+    "stat-empty": ("stats", None),
+    "stat-header-not-names": ("stats", None),
+    "port-range-not-numbers": ("port_range", None),
+    "port-range-reversed": ("port_range", None),
+    "port-range-one-number": ("port_range", None),
+    "port-range-over-65535": ("port_range", None),
+    "count-not-a-number": ("count", None),
+    "max-huge": ("max", None),
+    "max-negative": ("max", None),
+    "fib-trie-not-an-address": ("addresses", ["2001:db8:ffff::1", "::1"]),
+    "if-inet6-not-hex": ("addresses", ["192.168.1.1", "198.51.100.1"]),
+    "if-inet6-short": ("addresses", ["192.168.1.1", "198.51.100.1"]),
+    "hostname-too-long": ("hostname", None),
+}
+
+
+def test_every_garbled_fact_fixture_has_an_expectation():
+    assert sorted(p.name for p in FACTS.iterdir()) == sorted(GARBLED_FACTS)
+
+
+def _garbled_root(tmp_path, case):
+    root = tmp_path / "root"
+    shutil.copytree(ROOT, root)
+    shutil.copytree(FACTS / case, root, dirs_exist_ok=True)
+    (garbled,) = [p for p in (FACTS / case).rglob("*") if p.is_file()]
+    return root, "/" + str(garbled.relative_to(FACTS / case))
+
+
+@pytest.mark.parametrize("case", sorted(GARBLED_FACTS))
+def test_a_garbled_fact_is_unknown_with_a_warning_and_the_rest_is_intact(tmp_path, case):
+    fact, unknown = GARBLED_FACTS[case]
+    root, path = _garbled_root(tmp_path, case)
+    honest, _ = _summary()
+    answer = agent.handle({"mode": "summary", "top": 3}, agent.LocalSources(str(root)))
+    assert answer["ok"], answer
+    assert answer[fact] == unknown
+    assert [w for w in answer["warnings"] if w.startswith(path + ": ")], answer["warnings"]
+    for key in ("hostname", "count", "max", "stats", "port_range", "addresses", "lines"):
+        if key != fact:
+            assert answer[key] == honest[key], key
+    assert answer["summary"]["flows"] == honest["summary"]["flows"] == 11
+    if fact in ("count", "max"):
+        assert answer["summary"]["fill_pct"] is None
+    if fact == "port_range":
+        assert answer["summary"]["port_range_size"] is None
+        assert {p["pct"] for p in answer["summary"]["port_pressure"]} == {None}
+    checked = answer_module.check_answer("fixture", {"mode": "summary"}, answer)
+    assert checked.summary.flows == 11
+
+
+@pytest.mark.parametrize("case", sorted(GARBLED_FACTS))
+def test_a_garbled_fact_leaves_a_listing_whole(tmp_path, case):
+    root, _path = _garbled_root(tmp_path, case)
+    header, *rows = agent.answer_lines({"mode": "list"}, agent.LocalSources(str(root)))
+    assert json.loads(header)["rows"] == len(rows) == len(_rows())
+
+
+def test_a_garbled_ethtool_output_drops_that_interface_only():
+    sources = agent.DumpSources(
+        {
+            "/sys/class/net/eth0/device/driver": "../../../bus/pci/drivers/ena",
+            "/sys/class/net/eth1/device/driver": "../../../bus/pci/drivers/ena",
+            "$ ethtool -S eth0": "NIC statistics:\n     conntrack_allowance_exceeded: lots\n",
+            "$ ethtool -S eth1": "NIC statistics:\n     pps_allowance_exceeded: 2\n",
+        }
+    )
+    warnings = []
+    assert agent.read_ena(sources, warnings) == {"eth1": {"pps_allowance_exceeded": 2}}
+    assert len(warnings) == 1 and warnings[0].startswith("ethtool -S eth0: ")
+
+
+@pytest.mark.parametrize(
+    "text", ["cpu=0 found=x\n", "cpu=0 insert_failed=-1\n", "cpu=0 drop=" + "9" * 30 + "\n"]
+)
+def test_a_garbled_conntrack_dash_s_is_unknown_stats(text):
+    answer = agent.handle({"mode": "info"}, agent.DumpSources({"$ conntrack -S": text}))
+    assert answer["ok"] and answer["stats"] is None
+    assert [w for w in answer["warnings"] if w.startswith("conntrack -S: ")]
+
+
+def test_any_other_error_inside_run_is_an_internal_error_answer(monkeypatch):
+    def broken(self, port_range):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(agent.Summary, "to_json", broken)
+    answer = agent.handle({"mode": "summary"}, agent.LocalSources(str(ROOT)))
+    assert answer == agent.failure("agent", "internal error: RuntimeError: boom")
+    lines = list(agent.answer_lines({"mode": "summary"}, agent.LocalSources(str(ROOT))))
+    assert [json.loads(line) for line in lines] == [answer]
+
+
+def test_a_row_failing_after_the_header_ends_the_answer_with_the_failure(monkeypatch):
+    good = agent.Flow.to_json
+    seen = []
+
+    def third_fails(self):
+        seen.append(1)
+        if len(seen) == 3:
+            raise KeyError("orig")
+        return good(self)
+
+    monkeypatch.setattr(agent.Flow, "to_json", third_fails)
+    header, *rest = agent.answer_lines({"mode": "list"}, agent.LocalSources(str(ROOT)))
+    assert json.loads(header)["rows"] == 9
+    assert len(rest) == 3  # two rows, then the failure instead of the promised seven more
+    last = json.loads(rest[-1])
+    assert last["ok"] is False and last["error"]["kind"] == "agent"
+    assert "row 3 of 9" in last["error"]["message"]
+
+
+def test_a_parsed_line_always_makes_a_row_that_fits_the_documented_ranges():
+    """Mutated real lines: each either is malformed (a ValueError) or makes a strict row."""
+    rng = random.Random(11)
+    lines = [line for path in LINES for line in _read_lines(path)]
+    junk = [
+        "99999",
+        "-1",
+        "9" * 30,
+        "0x",
+        "type=999",
+        "code=x",
+        "sport=65536",
+        "srckey=zz",
+        "packets=" + "9" * 25,
+        "timeout=x,",
+        "stream_timeout=-3",
+        "[X]",
+        "\u00b2",
+        "use=1",
+    ]
+    parsed = 0
+    for _ in range(5000):
+        tokens = rng.choice(lines).split(" ")
+        for _ in range(rng.randrange(1, 4)):
+            i = rng.randrange(len(tokens))
+            op = rng.randrange(4)
+            if op == 0:
+                tokens[i] = tokens[i][: rng.randrange(len(tokens[i]) + 1)]
+            elif op == 1:
+                tokens.insert(i, rng.choice(tokens))
+            elif op == 2:
+                tokens[i] = rng.choice(junk)
+            else:
+                tokens[i] += rng.choice(junk)
+        line = " ".join(tokens)
+        try:
+            flow = agent.Flow.parse(line, OWN)
+        except ValueError:
+            continue
+        parsed += 1
+        row = json.loads(agent.encode(flow.to_json()))
+        answer_module.check_row(row)  # what the laptop's boundary accepts from an honest box
+        for tup in (row["orig"], row["reply"]):
+            for key in ("sport", "dport", "id"):
+                assert 0 <= tup.get(key, 0) <= 65535, line
+            for key in ("type", "code"):
+                assert 0 <= tup.get(key, 0) <= 255, line
+        for key, value in row.items():
+            if isinstance(value, int):
+                assert 0 <= value < 2**64, (key, line)
+    assert parsed > 100
+
+
+def test_digits_int_cannot_read_make_a_malformed_line_not_an_error():
+    line = (
+        (DATA / "lines" / "tcp-snat-assured.txt").read_text().replace("dport=443", "dport=4\u00b2")
+    )
+    with pytest.raises(agent.Malformed):
+        agent.parse_fields(line)
+    huge = (
+        (DATA / "lines" / "tcp-snat-assured.txt")
+        .read_text()
+        .replace(" 3599 ", " " + "9" * 5000 + " ")
+    )
+    answer = agent.handle({"mode": "list"}, agent.DumpSources({agent.TABLE_PROC: huge}))
+    assert answer["ok"] and answer["malformed"]["count"] == 1
+
+
+# ------------------------------------------------------------------ wire format 2
+
+
+def _no_constant(name):
+    raise AssertionError("non-standard JSON constant " + name)
+
+
+def _wire(request, sources):
+    lines = list(agent.answer_lines(request, sources))
+    for line in lines:
+        assert "\n" not in line
+        assert line.isascii(), line
+        assert ", " not in line and '": ' not in line  # compact separators
+    return [json.loads(line, parse_constant=_no_constant) for line in lines]
+
+
+def test_a_listing_is_a_header_then_one_line_per_row():
+    header, *rows = _wire({"mode": "list", "sort": "dst"}, agent.LocalSources(str(ROOT)))
+    answer = agent.handle({"mode": "list", "sort": "dst"}, agent.LocalSources(str(ROOT)))
+    assert header["agent"] == agent.AGENT_VERSION == 2
+    assert header["rows"] == len(rows) == 9
+    assert rows == answer.pop("rows")
+    header.pop("rows")
+    assert header.pop("seconds") >= 0 and answer.pop("seconds") >= 0
+    assert header == answer
+
+
+def test_an_empty_listing_says_zero_rows():
+    (header,) = _wire({"mode": "list", "filters": {"proto": "sctp"}}, agent.LocalSources(str(ROOT)))
+    assert header["ok"] and header["rows"] == 0 and header["matched"] == 0
+
+
+@pytest.mark.parametrize("mode", ["summary", "info"])
+def test_summary_and_info_are_the_header_alone(mode):
+    (header,) = _wire({"mode": mode}, agent.LocalSources(str(ROOT)))
+    assert header["ok"] and "rows" not in header
+    assert ("summary" in header) == (mode == "summary")
+
+
+def test_text_from_the_box_is_escaped_to_ascii():
+    sources = agent.DumpSources({agent.HOSTNAME_PATH: "nat-\u00e9\u202e\x1b[2J\n"})
+    raw = list(agent.answer_lines({"mode": "info"}, sources))[0]
+    assert "\\u00e9\\u202e\\u001b[2J" in raw
+    assert json.loads(raw)["hostname"] == "nat-\u00e9\u202e\x1b[2J"
+
+
+def test_a_non_finite_number_is_never_written(monkeypatch):
+    monkeypatch.setattr(agent, "_percent", lambda part, whole: float("nan"))
+    (line,) = agent.answer_lines({"mode": "summary"}, agent.LocalSources(str(ROOT)))
+    answer = json.loads(line, parse_constant=_no_constant)
+    assert answer["ok"] is False and answer["error"]["kind"] == "agent"
+    assert "Out of range float values are not JSON compliant" in answer["error"]["message"]
+
+
+def test_percentages_are_finite_or_null():
+    assert agent._percent(10**400, 3) is None
+    assert math.isfinite(agent._percent(2**64 - 1, 1))
+    assert agent._percent(1, 0) is None and agent._percent(-1, 5) is None
+    assert agent._percent(3, 4) == 75.0
+
+
+def _main(monkeypatch, stdin, sources=None):
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    monkeypatch.setattr(sys, "stdout", out)
+    status = agent.main(sources)
+    return status, out.getvalue()
+
+
+def test_main_writes_the_wire_lines_newline_terminated(monkeypatch):
+    status, text = _main(monkeypatch, b'{"mode": "list"}', agent.LocalSources(str(ROOT)))
+    assert status == 0 and text.endswith("\n")
+    lines = text.split("\n")[:-1]
+    assert json.loads(lines[0])["rows"] == len(lines) - 1 == 9
+
+
+@pytest.mark.parametrize(
+    ("stdin", "says"),
+    [
+        (b"not json", "request is not JSON"),
+        (b"\xff\xfe{}", "request is not JSON"),
+        (b"[" * 100000, "request is not JSON"),
+        (b'{"mode": NaN}', "mode: "),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'"list"', "must be a JSON object"),
+        (b'{"mode": "info", "pad": "' + b"x" * agent.MAX_REQUEST_BYTES + b'"}', "over 1048576"),
+    ],
+    ids=["prose", "not-utf8", "deep", "nan", "array", "string", "over-1MiB"],
+)
+def test_main_answers_a_bad_request_line(monkeypatch, stdin, says):
+    status, text = _main(monkeypatch, stdin, agent.LocalSources(str(ROOT)))
+    assert status == 0
+    (line,) = text.splitlines()
+    answer = json.loads(line)
+    assert answer["error"]["kind"] == "bad_request"
+    assert says in answer["error"]["message"]
+
+
+def test_an_empty_request_is_the_default_listing(monkeypatch):
+    status, text = _main(monkeypatch, b" \n", agent.LocalSources(str(ROOT)))
+    assert json.loads(text.split("\n")[0])["rows"] == 9
+
+
+def test_main_writes_in_large_chunks():
+    class Recorder(io.StringIO):
+        sizes = []
+
+        def write(self, text):
+            self.sizes.append(len(text))
+            return super().write(text)
+
+    out = Recorder()
+    lines = ["x" * 99] * 1000
+    agent.write_lines(out, lines, chunk=10000)
+    assert out.getvalue() == "\n".join(lines) + "\n"
+    assert len(out.sizes) == 10 and min(out.sizes) == 10000
+
+
+def test_main_stops_quietly_when_the_reader_goes_away(monkeypatch):
+    class Gone(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"mode": "list"}')))
+    monkeypatch.setattr(sys, "stdout", Gone())
+    assert agent.main(agent.LocalSources(str(ROOT))) == 1
+
+
+def test_the_agent_file_answers_a_bad_request_as_a_script():
+    """The real entry point, as the box runs it (a bad request reads no table)."""
+    big = b'{"pad": "' + b"x" * (agent.MAX_REQUEST_BYTES + 10) + b'"}'
+    for stdin, says in ((b'{"top": "x"}', "top: "), (big, "over 1048576 bytes")):
+        done = subprocess.run(
+            [sys.executable, agent.__file__], input=stdin, capture_output=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == b""
+        (line,) = done.stdout.splitlines()
+        assert json.loads(line)["error"]["kind"] == "bad_request"
+        assert says in json.loads(line)["error"]["message"]
 
 
 def test_no_table_says_what_to_do(tmp_path):
@@ -333,6 +850,27 @@ def test_name_lookups_keep_to_their_budget_and_never_hold_the_exit():
     assert time.monotonic() - started < 1.8  # not 64 lookups x 2 s / 16 threads
 
 
+def test_name_lookups_keep_what_resolved_in_time(monkeypatch):
+    """Fast lookups come back named, slow ones (past the budget) and failures stay numbers."""
+    import time
+
+    def lookup(addr):
+        if addr.endswith(".9"):
+            time.sleep(2)  # past the budget
+        if addr.endswith(".8"):
+            raise OSError("no PTR")
+        return ("host-" + addr.rsplit(".", 1)[1] + ".example", [], [addr])
+
+    monkeypatch.setattr(agent.socket, "gethostbyaddr", lookup)
+    addrs = [f"198.51.100.{i}" for i in (1, 2, 8, 9)] + ["", None]
+    started = time.monotonic()
+    assert agent.resolve_names(addrs, 0.5) == {
+        "198.51.100.1": "host-1.example",
+        "198.51.100.2": "host-2.example",
+    }
+    assert time.monotonic() - started < 1.5
+
+
 def test_bytes_that_are_not_text_on_stdin_are_malformed_lines():
     import os
     import subprocess
@@ -348,3 +886,100 @@ def test_bytes_that_are_not_text_on_stdin_are_malformed_lines():
     )
     assert done.returncode == 0, done.stderr
     assert b"1 malformed conntrack line(s) skipped (of 3 read" in done.stdout
+
+
+def test_every_row_of_the_fixture_lines_passes_the_boundary():
+    for path in LINES:
+        for line in _read_lines(path):
+            row = agent.Flow.parse(line, OWN).to_json()
+            assert answer_module.check_row(json.loads(agent.encode(row))).shown()
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("src=192.168.1.10 dst=203.0.113.5", "src=2001:db8::10 dst=203.0.113.5"),  # mixed
+        ("ipv4     2 tcp", "ipv6     10 tcp"),  # ipv6 with IPv4 addresses
+        ("zone=0", "zone=65536"),  # zones are 16 bits
+        ("mark=0", "mark=4294967296"),  # marks are 32 bits
+        ("use=2", "use=99999999999"),
+    ],
+)
+def test_a_line_the_boundary_would_refuse_is_malformed_here(old, new):
+    line = (DATA / "lines" / "tcp-snat-assured.txt").read_text()
+    assert old in line
+    with pytest.raises(agent.Malformed):
+        agent.parse_fields(line.replace(old, new, 1))
+
+
+def test_icmp_and_gre_fields_are_read_only_for_their_protocols():
+    """Another protocol's type=/code=/id= are plain extra fields; its srckey=0x.. is no
+    key=number field at all, so that line is malformed."""
+    icmp = (DATA / "lines" / "icmp-snat.txt").read_text().replace(" 1 29 ", " 29 29 ")
+    row = agent.Flow.parse(icmp, OWN).to_json()
+    assert sorted(row["orig"]) == sorted(row["reply"]) == ["dst", "src"], row
+    assert answer_module.check_row(row).proto == "29"
+    gre = (DATA / "lines" / "gre-timeouts.txt").read_text()
+    with pytest.raises(agent.Malformed):
+        agent.parse_fields(gre.replace("timeout=0, stream_timeout=0 ", "").replace(" 47 ", " 29 "))
+
+
+def test_a_repeated_flag_is_listed_once():
+    line = (DATA / "lines" / "tcp-snat-assured.txt").read_text()
+    flow = agent.Flow.parse(
+        line.replace("[ASSURED]", "[ASSURED] [ASSURED] [ASSURED] [ASSURED] [ASSURED]"), OWN
+    )
+    assert flow.to_json()["flags"] == flow.flags() == ["ASSURED"]
+
+
+def test_answers_about_many_garbled_interfaces_keep_warnings_bounded():
+    files = {}
+    for i in range(300):
+        files[f"/sys/class/net/eth{i}/device/driver"] = "../../../bus/pci/drivers/ena"
+        files[f"$ ethtool -S eth{i}"] = "conntrack_allowance_exceeded: x\n"
+    answer = agent.handle({"mode": "info"}, agent.DumpSources(files))
+    assert len(answer["warnings"]) == agent.WARNINGS_MAX
+    assert answer["warnings"][-1] == "and 201 more warnings"
+    answer_module.check_answer("dump", {"mode": "info"}, answer)
+
+
+def test_a_strange_ena_interface_name_is_left_out_with_a_warning():
+    sources = agent.DumpSources(
+        {
+            "/sys/class/net/eth\x1b[2J/device/driver": "../../../bus/pci/drivers/ena",
+            "$ ethtool -S eth\x1b[2J": "pps_allowance_exceeded: 1\n",
+        }
+    )
+    warnings = []
+    assert agent.read_ena(sources, warnings) == {}
+    assert len(warnings) == 1
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [{"mode": "list"}, {"mode": "list", "limit": 3}, {"mode": "summary"}, {"mode": "info"}],
+    ids=repr,
+)
+def test_main_output_is_what_the_laptop_reader_takes(monkeypatch, request_):
+    """The wire format end to end: main()'s bytes, in small pieces, into answer.py's reader."""
+    _status, text = _main(monkeypatch, json.dumps(request_).encode(), agent.LocalSources(str(ROOT)))
+    reader = answer_module.AnswerReader("fixture", request_, cap=1 << 20)
+    data = text.encode("ascii")
+    for start in range(0, len(data), 77):
+        reader.feed(data[start : start + 77])
+    checked = reader.finish()
+    expected = agent.handle(request_, agent.LocalSources(str(ROOT)))
+    assert [f.to_json() for f in checked.flows] == [
+        agent.Flow.from_json(r).to_json() for r in expected.get("rows", [])
+    ]
+    assert checked.facts.hostname == "natbox"
+
+
+def test_a_bad_request_reaches_the_laptop_as_that_error(monkeypatch):
+    _status, text = _main(monkeypatch, b'{"top": "x"}', agent.LocalSources(str(ROOT)))
+    reader = answer_module.AnswerReader("fixture", {"mode": "list"}, cap=1 << 20)
+    reader.feed(text.encode("ascii"))
+    with pytest.raises(Exception) as caught:
+        reader.finish()
+    assert getattr(caught.value, "kind", None) == "bad_request"
+    assert "top: must be an integer" in str(caught.value)

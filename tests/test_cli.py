@@ -181,3 +181,17 @@ def test_limit_and_top_must_be_positive(capsys):
 def test_bad_protocol_is_a_usage_error_before_any_box_is_read(capsys):
     assert main(["conns", "-n", "-p", "tcpx", "--host", "root@127.0.0.1:9"]) == 2
     assert "unknown protocol 'tcpx'" in capsys.readouterr().err
+
+
+def test_dash_L_is_a_filter_and_dash_dash_local_a_target():
+    """-L (connections to the box itself) and --local (read this machine) are two options."""
+    from natfleet.commands.flowopts import request_from_args
+    from natfleet.commands.targetopts import resolve_targets_from_args
+
+    table = str(DATA / "tables" / "lab-box.txt")
+    args = build_parser().parse_args(["conns", "-n", "-L", "--input", table])
+    assert request_from_args(args)["filters"]["nat"] == ["local"]
+    assert [t.kind for t in resolve_targets_from_args(args)[0]] == ["file"]
+    args = build_parser().parse_args(["conns", "-n", "--local"])
+    assert sorted(request_from_args(args)["filters"]["nat"]) == ["dnat", "snat", "snat+dnat"]
+    assert [t.kind for t in resolve_targets_from_args(args)[0]] == ["local"]

@@ -23,6 +23,7 @@ from natfleet.cloudwatch import (
     parse_time,
 )
 from natfleet.errors import UsageError
+from natfleet.models import Device
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -322,3 +323,48 @@ def test_drop_rate_and_no_data():
     assert drop_rate(5, 0, 0) is None
     assert cloudwatch.series_sum(None) is None
     assert cloudwatch.per_second(None, 60) is None
+
+
+# --- the library face: window, gateway selection, gateway rows -------------------------
+
+
+def test_window_from_options_and_json(base):
+    until = base + dt.timedelta(hours=1)
+    window = cloudwatch.Window.from_options(base.isoformat(), until.isoformat())
+    assert (window.start, window.end) == (base, until)
+    assert window.period == choose_period(base, until) and window.seconds == 3600
+    text = window.to_json()
+    assert text["start"] == base.strftime("%Y-%m-%dT%H:%M:%SZ") and text["end"].endswith("Z")
+    with pytest.raises(UsageError):
+        cloudwatch.Window.from_options("3h", period="90")
+
+
+def test_select_gateways_keeps_instances_and_named_gateways():
+    devices = [
+        Device("instance", "i-1", REGION),
+        Device("gateway", "nat-1", REGION),
+        Device("gateway", "nat-2", REGION),
+    ]
+    assert [d.id for d in cloudwatch.select_gateways(devices, ["nat-2"])] == ["i-1", "nat-2"]
+    assert cloudwatch.select_gateways(devices, None) == devices
+    assert cloudwatch.select_gateways(devices, []) == devices
+
+
+def test_gateway_rows_take_plain_arguments(session, base):
+    _put(session, "AWS/NATGateway", "NatGatewayId", "nat-a", "ActiveConnectionCount", base, [3, 9])
+    _put(session, "AWS/NATGateway", "NatGatewayId", "nat-a", "PacketsDropCount", base, [1, 1])
+    window = cloudwatch.Window(base, base + dt.timedelta(hours=1), 60)
+    gateways = [
+        Device("gateway", "nat-a", REGION, name="gw-a", vpc_id="vpc-1"),
+        Device("instance", "i-1", REGION),  # not a gateway: no row
+        Device("gateway", "nat-b", REGION, name="gw-b"),
+    ]
+    rows = cloudwatch.gateway_rows({None: session}, gateways, window)
+    assert [r["nat_gateway_id"] for r in rows] == ["nat-a", "nat-b"]
+    assert all(tuple(r) == cloudwatch.GATEWAY_ROW_KEYS for r in rows)
+    a, b = rows
+    assert (a["name"], a["vpc_id"], a["region"], a["period"]) == ("gw-a", "vpc-1", REGION, 60)
+    assert (a["start"], a["end"]) == (window.start, window.end)
+    assert a["peak_active_connections"] == 9.0 and a["packets_dropped"] == 2.0
+    assert a["active_connections"] == [3.0, 9.0]
+    assert b["peak_active_connections"] is None and b["packets_dropped"] is None  # no data

@@ -4,6 +4,7 @@ from the fixture root (tests/data/root), and one run in the real lab."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -18,6 +19,7 @@ from moto import mock_aws
 import natfleet.lab
 from natfleet import agent, cloudwatch
 from natfleet import compare as cmp
+from natfleet.answer import Answer, check_answer
 from natfleet.cli import main
 from natfleet.commands import compare as compare_cmd
 from natfleet.config import Prices
@@ -98,8 +100,10 @@ NAT_A_EXPECTED = {
 }
 
 
-def fixture_answer() -> dict:
-    return agent.handle({"mode": "summary"}, agent.LocalSources(str(DATA / "root")))
+def fixture_answer() -> Answer:
+    """The agent's real summary of tests/data/root, checked at the boundary like a box's."""
+    raw = agent.handle(cmp.AGENT_REQUEST, agent.LocalSources(str(DATA / "root")))
+    return check_answer("nat-a", cmp.AGENT_REQUEST, raw)
 
 
 def put(cw, namespace: str, dimension: str, resource: str, series: dict) -> None:
@@ -145,6 +149,7 @@ def world(monkeypatch):
         )["Instances"][0]["InstanceId"]
         cw = boto3.client("cloudwatch", region_name=REGION)
         gw = info["nat_gateway_id"]
+        assert box.instance_id is not None
         put(cw, "AWS/NATGateway", "NatGatewayId", gw, GATEWAY_SERIES)
         put(cw, "AWS/EC2", "InstanceId", box.instance_id, NAT_A_SERIES)
         put(
@@ -229,7 +234,9 @@ def test_csv_parses_with_empty_cells_for_no_data(world, capsys):
     assert rows[world["gateway"]]["monthly_cost"] == "71.73"
     assert rows[world["gateway"]]["drops"] == "0.0"
     assert rows[world["nat_b"]]["bytes_out"] == "" and rows[world["nat_b"]]["bytes_in"] == "0.0"
-    assert json.loads(rows[world["nat_a"]]["conntrack"])["insert_failed"] == 18
+    # a mapping is key=value;... in one cell, never a Python literal or embedded JSON
+    assert rows[world["nat_a"]]["conntrack"] == "insert_failed=18;drop=1;early_drop=4"
+    assert rows[world["gateway"]]["port_pressure_bound"] == "true"
     assert "per_month: estimates" in captured.err  # the footer never breaks the CSV
 
 
@@ -284,15 +291,16 @@ def test_plot_without_matplotlib_says_how_to_install(world, capsys, tmp_path, mo
 
 def test_agent_columns_ena_and_no_answer():
     answer = fixture_answer()
-    answer["ena"] = {
+    ena = {
         "eth0": {"bw_in_allowance_exceeded": 2, "conntrack_allowance_available": 900},
         "eth1": {"pps_allowance_exceeded": 5},
     }
+    answer.facts = dataclasses.replace(answer.facts, ena=ena)
     columns = cmp.agent_columns(HostResult(Target("a", "192.0.2.1"), answer))
     assert columns["ena_exceeded"] == 7  # the available allowance is not an excess
     assert columns["ena"]["eth1"] == {"pps_allowance_exceeded": 5}
     assert cmp.agent_columns(None) == {"counters": "since boot"}
-    answer["stats"] = None
+    answer.facts = dataclasses.replace(answer.facts, stats=None)
     assert cmp.agent_columns(HostResult(Target("a", "192.0.2.1"), answer))["drops"] is None
 
 
@@ -336,8 +344,8 @@ def gateway_points_in(window: dict, lab) -> dict[str, list[float]]:
     """The lab's seeded gateway series, only the points inside the (aligned) window."""
     first = dt.datetime.fromisoformat(lab.aws["gateway_metrics"])
     start, end = cloudwatch.align(
-        dt.datetime.fromisoformat(window["start"]),
-        dt.datetime.fromisoformat(window["end"]),
+        cloudwatch.parse_time(window["start"]),
+        cloudwatch.parse_time(window["end"]),
         window["period"],
     )
     inside = [start <= first + dt.timedelta(minutes=i) < end for i in range(lab_aws.GATEWAY_POINTS)]

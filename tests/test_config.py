@@ -151,11 +151,23 @@ def test_costs():
     assert prices.instance_cost(None, 1) is None
 
 
-@pytest.mark.parametrize("key", ["connect_timeout", "command_timeout"])
+@pytest.mark.parametrize("key", ["connect_timeout", "timeout"])
 def test_ssh_timeouts_must_be_positive(key, tmp_path):
     from natfleet.config import load_config
 
     path = tmp_path / "natfleet.toml"
     path.write_text(f"[ssh]\n{key} = 0\n")
     with pytest.raises(ConfigError, match=f"ssh.{key} must be more than 0"):
+        load_config(str(path))
+
+
+def test_limits_from_the_config(tmp_path):
+    from natfleet.config import load_config
+
+    path = tmp_path / "natfleet.toml"
+    path.write_text("[limits]\nsummary_kb = 8\nlisting_mb = 2\n")
+    limits = load_config(str(path)).limits
+    assert (limits.for_mode("summary"), limits.for_mode("list")) == (8 * 1024, 2 << 20)
+    path.write_text("[limits]\nlisting_mb = 0\n")
+    with pytest.raises(ConfigError, match="limits.listing_mb must be 1 to 1048576"):
         load_config(str(path))

@@ -252,6 +252,8 @@ def test_devices_to_targets_and_errors():
         Device("instance", "i-5", REGION, private_ip="10.0.1.7", state="stopped"),
         Device("gateway", "nat-1", REGION, private_ip="10.0.0.9"),
         Device("missing", "i-4", REGION, state="terminated"),
+        Device("instance", "i-6", REGION, private_ip="10.0.1.8", state="shutting-down"),
+        Device("instance", "i-7", REGION, public_ip="198.51.100.7", state="stopping"),
     ]
     targets = devices_to_targets(devices)
     assert [(t.name, t.host, t.instance_id, t.region) for t in targets] == [
@@ -259,6 +261,7 @@ def test_devices_to_targets_and_errors():
         ("i-2", "10.0.1.6", "i-2", REGION),
         ("nat-c", "", "i-3", REGION),
         ("i-5", "10.0.1.7", "i-5", REGION),
+        ("i-7", "", "i-7", REGION),
     ]
     ok, errors = targets_and_errors(devices, "public")
     assert [t.host for t in ok] == ["198.51.100.6"]
@@ -266,9 +269,11 @@ def test_devices_to_targets_and_errors():
         ("i-1", "no public IP address (instance running): try --address private"),
         ("i-3", "the instance is stopped: start it to read its table"),
         ("i-5", "the instance is stopped: start it to read its table"),  # not tried over SSH
+        ("i-7", "the instance is stopping: start it to read its table"),
     ]
     ok, errors = targets_and_errors(devices, "private")
     assert [t.host for t in ok] == ["10.0.1.5", "10.0.1.6"]
+    assert [e.target.instance_id for e in errors] == ["i-3", "i-5", "i-7"]
     with pytest.raises(UsageError):
         devices_to_targets(devices, "ipv6")
 

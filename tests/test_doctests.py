@@ -6,10 +6,13 @@ import doctest
 
 import pytest
 
-from natfleet import agent, render, targets, text
+from natfleet import agent, aggregate, answer, api, limits, render, targets, text
+from natfleet.commands import report
+
+MODULES = [aggregate, agent, answer, api, limits, render, report, targets, text]
 
 
-@pytest.mark.parametrize("module", [agent, render, targets, text], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0

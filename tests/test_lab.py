@@ -17,7 +17,7 @@ import natfleet.lab
 from natfleet import cli
 from natfleet.errors import LabError
 from natfleet.lab import sshd, system, topology, traffic
-from natfleet.lab.state import NOT_UP
+from natfleet.lab.state import not_up
 from tests.conftest import LAB_STARTED_HERE
 
 CLOSING = {"TIME_WAIT", "CLOSE_WAIT", "FIN_WAIT", "LAST_ACK"}
@@ -106,16 +106,42 @@ def test_state_round_trip(tmp_path):
     assert natfleet.lab.load_state(str(tmp_path)) == state
 
 
-def test_load_state_when_not_up(tmp_path):
+def test_load_state_when_not_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(system, "natfleet_command", lambda: "/opt/nf/.venv/bin/natfleet")
     with pytest.raises(LabError) as err:
         natfleet.lab.load_state(str(tmp_path))
-    assert str(err.value) == NOT_UP == "the lab is not up: run 'natfleet lab up'"
+    assert str(err.value) == not_up()
+    assert not_up() == "the lab is not up: run 'sudo /opt/nf/.venv/bin/natfleet lab up'"
 
 
-def test_not_root_says_what_to_run(monkeypatch):
+@pytest.mark.parametrize("action", ["up", "down"])
+def test_not_root_says_what_to_run(monkeypatch, action):
     monkeypatch.setattr(system.os, "geteuid", lambda: 1000)
-    with pytest.raises(LabError, match=r"needs root .*: sudo natfleet lab up"):
-        natfleet.lab.up(boxes=1)
+    monkeypatch.setattr(system, "natfleet_command", lambda: "natfleet")
+    with pytest.raises(LabError, match=rf"needs root .*: sudo natfleet lab {action}$"):
+        getattr(natfleet.lab, action)()
+
+
+def _fake_bin(folder: Path, *names: str) -> Path:
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_text("#!/bin/sh\n")
+        (folder / name).chmod(0o755)
+    return folder
+
+
+def test_natfleet_command_is_one_that_works_under_sudo(monkeypatch, tmp_path):
+    venv = _fake_bin(tmp_path / "venv" / "bin", "python", "natfleet")
+    monkeypatch.setattr(system.sys, "executable", str(venv / "python"))
+    monkeypatch.setattr(system, "SUDO_PATH", str(_fake_bin(tmp_path / "usr-bin")))
+    assert system.natfleet_command() == str(venv / "natfleet")  # sudo's PATH has none
+    other = _fake_bin(tmp_path / "other", "natfleet")
+    monkeypatch.setattr(system, "SUDO_PATH", f"{other}:{venv}")
+    assert system.natfleet_command() == str(venv / "natfleet")  # sudo would find another one
+    monkeypatch.setattr(system, "SUDO_PATH", f"{venv}:{other}")
+    assert system.natfleet_command() == "natfleet"
+    (venv / "natfleet").unlink()  # run from a source tree: no console script
+    assert system.natfleet_command() == f"{venv / 'python'} -m natfleet"
 
 
 def test_missing_tool_says_what_to_install(monkeypatch):
@@ -128,7 +154,7 @@ def test_missing_tool_says_what_to_install(monkeypatch):
 def test_cli_not_root(monkeypatch, capsys):
     monkeypatch.setattr(system.os, "geteuid", lambda: 1000)
     assert cli.main(["lab", "up", "--boxes", "1"]) == 1
-    assert capsys.readouterr().err.startswith("Error: the lab needs root")
+    assert "the lab needs root" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("action", [[], ["up"], ["down"], ["status"], ["env"]])
@@ -304,6 +330,7 @@ def test_down_removes_everything_then_up_restores(lab):
         assert not [ns for ns in system.netns_list("") if ns.startswith("nflab-")]
         assert not Path("/sys/class/net/nflab-mgmt").exists()
         assert not Path(state_dir).exists()
+        assert not list(topology.NETNS_ETC.glob("nflab-*"))  # the lab's resolver files
         leftovers = []
         for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
             try:

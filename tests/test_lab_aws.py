@@ -13,6 +13,7 @@ import pytest
 
 from natfleet import aws, cloudwatch
 from natfleet.discovery import discover
+from natfleet.errors import LabError
 from natfleet.lab import aws as lab_aws
 from natfleet.lab.state import LabState, save_state
 from natfleet.lab.topology import make_box
@@ -142,3 +143,54 @@ def test_publish_loop_publishes_each_round_until_the_lab_is_gone(tmp_path, monke
     monkeypatch.setattr(lab_aws.time, "sleep", lambda seconds: None)
     lab_aws.publish_loop(str(tmp_path), every=60)
     assert rounds == [("nflab-box1", 1)] * 3
+
+
+# --- without the lab extra --------------------------------------------------------------
+
+
+def _without(monkeypatch, missing: str) -> None:
+    real = lab_aws.importlib.util.find_spec
+    monkeypatch.setattr(
+        lab_aws.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == missing else real(name, *args),
+    )
+
+
+@pytest.mark.parametrize("missing", ["moto", "flask", "flask_cors"])
+def test_without_the_lab_extra_the_message_names_it(monkeypatch, tmp_path, missing):
+    _without(monkeypatch, missing)
+    message = lab_aws.moto_missing()
+    assert f"Python module '{missing}' is missing: pip install 'natfleet[lab]'" in message
+    assert "natfleet lab up --no-aws" in message
+    spawned = []
+    monkeypatch.setattr(lab_aws.subprocess, "Popen", lambda *a, **k: spawned.append(a))
+    with pytest.raises(LabError) as err:
+        lab_aws.start_server(60, tmp_path / "moto.log")
+    assert str(err.value) == message
+    assert spawned == []  # said before anything starts
+
+
+def test_lab_up_without_the_lab_extra_stops_before_building(monkeypatch, tmp_path):
+    import natfleet.lab
+
+    _without(monkeypatch, "flask")
+    monkeypatch.setattr(natfleet.lab, "check_can_run", lambda _action: None)
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("the lab must not be touched")
+
+    for name in ("down", "_build", "netns_list"):
+        monkeypatch.setattr(natfleet.lab, name, never)
+    with pytest.raises(LabError, match=r"pip install 'natfleet\[lab\]'"):
+        natfleet.lab.up(boxes=1, state_dir=str(tmp_path / "lab"), log=never)
+    assert not (tmp_path / "lab").exists()
+
+
+def test_a_moto_server_that_exits_is_quoted_not_pointed_at(monkeypatch, tmp_path):
+    log = tmp_path / "moto.log"  # goes with the lab's folder when up fails: quote it
+    script = "import sys; print('moto: cannot start, no such thing'); sys.exit(3)"
+    monkeypatch.setattr(lab_aws, "_SERVER", script)
+    with pytest.raises(LabError) as err:
+        lab_aws.start_server(60, log)
+    assert str(err.value) == "the moto server exited with 3: moto: cannot start, no such thing"

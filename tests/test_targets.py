@@ -10,6 +10,7 @@ import pytest
 from natfleet import targets
 from natfleet.commands.targetopts import (
     add_target_options,
+    read_options_from_args,
     resolve_targets_from_args,
     ssh_options_from_args,
 )
@@ -145,18 +146,22 @@ def test_ssh_options_from_args(tmp_path):
         "admin@203.0.113.9:2222",
     )
     assert options.accept_new_host_keys and options.known_hosts == str(tmp_path / "kh")
-    assert (options.connect_timeout, options.command_timeout) == (4.0, 4.0)
-    defaults = ssh_options_from_args(_parse())  # config/natfleet.toml's [ssh] values
-    assert (defaults.connect_timeout, defaults.command_timeout) == (10.0, 60.0)
-    assert not defaults.accept_new_host_keys and _parse().parallel is None
+    assert options.connect_timeout == 4.0  # connecting never gets more than the whole box
+    assert read_options_from_args(args).timeout == 4.0
+    assert not ssh_options_from_args(_parse()).accept_new_host_keys and _parse().parallel is None
     config = tmp_path / "natfleet.toml"
-    config.write_text('[ssh]\nuser = "ec2-user"\ncommand_timeout = 30\nconnect_timeout = 5\n')
-    configured = ssh_options_from_args(_parse("--config", str(config)))
-    assert (configured.user, configured.connect_timeout, configured.command_timeout) == (
+    config.write_text('[ssh]\nuser = "ec2-user"\ntimeout = 30\nconnect_timeout = 5\nparallel = 3\n')
+    configured = _parse("--config", str(config))
+    assert (
+        ssh_options_from_args(configured).user,
+        ssh_options_from_args(configured).connect_timeout,
+    ) == (
         "ec2-user",
         5.0,
-        30.0,
     )
+    read = read_options_from_args(configured)
+    assert (read.timeout, read.parallel) == (30.0, 3)
+    assert read_options_from_args(_parse("--config", str(config), "--timeout", "7")).timeout == 7.0
     with pytest.raises(UsageError, match="no such key file"):
         ssh_options_from_args(_parse("-i", str(tmp_path / "nokey")))
     with pytest.raises(UsageError, match="--proxy-jump: bad host"):

@@ -71,9 +71,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def sessions_from_args(args: argparse.Namespace) -> dict[Optional[str], boto3.Session]:
     """One session per ``--profile`` (None: the default chain)."""
-    from natfleet import aws
+    from natfleet import api
 
-    return {p: aws.make_session(p) for p in (getattr(args, "profile", None) or [None])}
+    return api.sessions(getattr(args, "profile", None) or [None])
 
 
 def devices_from_args(
@@ -86,32 +86,20 @@ def devices_from_args(
 
     ``instances=False`` finds NAT gateways only; ``gateways`` None follows the config.
     """
-    from natfleet.discovery import discover
+    from natfleet import api
 
-    config = config or config_from_args(args)
-    disc = config.discovery
+    disc = (config or config_from_args(args)).discovery
     tags = getattr(args, "tag", None)
     methods = (["tag"] if tags else list(disc.methods)) if instances else []
-    merged: dict[tuple[str, str], Device] = {}
-    for profile, session in sessions_from_args(args).items():
-        for device in discover(
-            session,
-            getattr(args, "region", None),
-            tags=tags or disc.tags,
-            methods=methods,
-            vpc_ids=getattr(args, "vpc_id", None) or (),
-            instance_ids=getattr(args, "instance_id", None) or (),
-            gateways=disc.gateways if gateways is None else gateways,
-            profile=profile,
-        ):
-            key = (device.region, device.id)
-            if key in merged:  # two profiles of one account
-                merged[key].found_by += [
-                    r for r in device.found_by if r not in merged[key].found_by
-                ]
-            else:
-                merged[key] = device
-    return list(merged.values())
+    return api.discover(
+        sessions_from_args(args),
+        getattr(args, "region", None),
+        tags=tags or disc.tags,
+        methods=methods,
+        vpc_ids=getattr(args, "vpc_id", None) or (),
+        instance_ids=getattr(args, "instance_id", None) or (),
+        gateways=disc.gateways if gateways is None else gateways,
+    )
 
 
 def targets_from_args(
@@ -121,14 +109,12 @@ def targets_from_args(
 ) -> tuple[list[Target], list[HostError]]:
     """SSH targets for the NAT instances found (or among ``devices``, already discovered),
     and errors for those without an address."""
-    from natfleet.discovery import targets_and_errors
+    from natfleet import api
 
     config = config or config_from_args(args)
     if devices is None:
         devices = devices_from_args(args, config, gateways=False)
-    devices = [d for d in devices if d.kind == "instance"]
-
-    return targets_and_errors(devices, getattr(args, "address", None) or config.discovery.address)
+    return api.instance_targets(devices, getattr(args, "address", None) or config.discovery.address)
 
 
 def _has_option(parser: argparse.ArgumentParser, option: str) -> bool:

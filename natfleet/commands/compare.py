@@ -12,7 +12,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 from natfleet.commands.awsopts import config_from_args, devices_from_args, sessions_from_args
 from natfleet.commands.gateways import add_time_options
@@ -20,8 +20,10 @@ from natfleet.commands.report import exit_code, report_problems
 from natfleet.commands.targetopts import add_target_options, run_from_args
 from natfleet.config import Prices, load_prices
 from natfleet.errors import ExitCode
-from natfleet.render import NO_DATA, human, write_json, write_records
-from natfleet.text import printable
+from natfleet.output import NO_DATA, add_format_option, human, safe, warn, write_json, write_records
+
+if TYPE_CHECKING:  # boto3 is imported only when AWS is really used
+    from natfleet.compare import Comparison
 
 EXAMPLES = """\
 examples:
@@ -45,7 +47,6 @@ type is not in the price list. Prices are estimates: config/prices.toml (us-east
 [prices] file in the config or --prices FILE to override.
 exit codes: 0 every instance answered, 1 error, 2 usage, 3 some instances failed (rows say why)
 """
-FORMATS = ("table", "json", "csv")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,49 +76,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also draw the compared series over time into FILE.png "
         "(needs matplotlib: pip install 'natfleet[plot]')",
     )
-    parser.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    add_format_option(parser)
     add_target_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from natfleet import compare  # boto3 loads only when a command needs AWS
+    from natfleet import cloudwatch, compare  # boto3 loads only when a command needs AWS
 
     if args.plot:
         compare.pyplot()  # no matplotlib: say so before any AWS or SSH work
     window = compare.Window.from_options(args.since, args.until, args.period)
     config = config_from_args(args)
     prices = prices_from_args(args, config)
-    devices = [
-        d
-        for d in devices_from_args(args, config, gateways=True)
-        if d.kind != "gateway" or not args.nat_gateway_id or d.id in args.nat_gateway_id
-    ]
+    found = devices_from_args(args, config, gateways=True)
+    devices = cloudwatch.select_gateways(found, args.nat_gateway_id)
     results = run_from_args(args, compare.AGENT_REQUEST, devices, allow_empty=True)
-    metrics = compare.fetch_metrics(sessions_from_args(args), devices, window)
-    rows = compare.compare_rows(devices, metrics, results, prices, window)
-    if not rows:
-        print("natfleet: no NAT instances or NAT gateways found", file=sys.stderr)
+    report = compare.compare(sessions_from_args(args), devices, results, prices, window)
+    if not report.rows:
+        warn("no NAT instances or NAT gateways found")
     out = sys.stdout
-    if args.format == "json":
-        write_json(
-            out,
-            {
-                "window": window.to_json(),
-                "prices": compare.prices_json(prices),
-                "rows": rows,
-            },
-        )
-    elif args.format == "csv":
-        write_records(out, "csv", rows, compare.ROW_KEYS)
-        print(prices_footer(prices), file=sys.stderr)
-    else:
-        write_table(out, rows, window, prices)
+    write_comparison(out, args.format, report)
     if args.plot:
-        compare.write_plot(args.plot, rows, metrics, window)
-        print(f"natfleet: plot written to {args.plot}", file=sys.stderr)
+        compare.write_plot(args.plot, report.rows, report.metrics, window)
+        warn(f"plot written to {args.plot}")
     report_problems(results, out if args.format == "table" else None)
     return exit_code(results) if results else ExitCode.OK
+
+
+def write_comparison(out: TextIO, fmt: str, report: Comparison) -> None:
+    """JSON: ``{window, prices, rows}``; CSV: every row key (the price footer on stderr);
+    table: :func:`write_table`."""
+    from natfleet import compare
+
+    if fmt == "json":
+        write_json(out, report.to_json())
+    elif fmt == "csv":
+        write_records(out, "csv", report.rows, compare.ROW_KEYS)
+        warn(prices_footer(report.prices))
+    else:
+        write_table(out, report.rows, report.window, report.prices)
 
 
 def prices_from_args(args: argparse.Namespace, config: Any) -> Prices:
@@ -175,11 +173,7 @@ def table_record(row: dict[str, Any]) -> dict[str, str]:
         >>> table_record(gateway_row)["port_use"], table_record(gateway_row)["fill"]
         ('<=0.73%', 'n/a')
     """
-    cells = {
-        "device": printable(row["label"]),
-        "kind": row["kind"],
-        "type": printable(row["type"] or "?"),
-    }
+    cells = {"device": row["label"], "kind": row["kind"], "type": row["type"] or "?"}
     from natfleet.compare import NOT_APPLICABLE
 
     for column, key, show in TABLE_COLUMNS:
@@ -192,7 +186,7 @@ def table_record(row: dict[str, Any]) -> dict[str, str]:
         cells["port_use"] = "<=" + cells["port_use"]
     cost = row["monthly_cost"]
     cells["per_month"] = f"{cost:,.2f} {row['currency']}" if cost is not None else row["cost_note"]
-    cells["note"] = printable(row["error"] or "")
+    cells["note"] = row["error"] or ""
     return cells
 
 
@@ -209,4 +203,4 @@ def write_table(out: TextIO, rows: Sequence[dict[str, Any]], window: Any, prices
             "port_use <=: a gateway's upper bound, peak connections / (55,000 x addresses); "
             "CloudWatch has no per-destination count\n"
         )
-    out.write(prices_footer(prices) + "\n")
+    out.write(safe(prices_footer(prices)) + "\n")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from natfleet.aggregate import error_record, merge_flows, merged_names
+from natfleet.aggregate import error_record, merge_flows
 from natfleet.commands.flowopts import (
     NETSTAT_EPILOG,
     add_flow_options,
@@ -48,14 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     results = run_from_args(args, request_from_args(args))
-    flows, targets = merge_flows(results, args.sort)
-    if args.limit is not None:
-        flows, targets = flows[: args.limit], targets[: args.limit]
+    merged = merge_flows(results, args.sort).head(args.limit)
     style = style_from_args(args)
-    style.names = merged_names(results)
     style.host_column = "Host"
     fmt = args.format or "netstat"
     errors = [error_record(r) for r in results if isinstance(r, HostError)]
-    write_flows(sys.stdout, fmt, flows, style, targets, errors)
+    write_flows(sys.stdout, fmt, merged.flows, style, merged.targets, errors, merged.names)
     report_problems(results, sys.stdout if fmt == "netstat" else None)
     return exit_code(results)

@@ -51,9 +51,21 @@ def steps() -> list[tuple[list[str], bool]]:
     ]
 
 
+def _already_up(boxes: int) -> bool:
+    """True when a lab of ``boxes`` boxes is running already (the demo then leaves it up)."""
+    from natfleet import lab
+
+    try:
+        state = lab.load_state()
+    except LabError:
+        return False
+    return len(state.boxes) == boxes and lab.is_running(state)
+
+
 def run(args: argparse.Namespace) -> int:
     from natfleet import lab
 
+    keep = args.keep or _already_up(args.boxes)
     state = lab.up(boxes=args.boxes, log=lambda msg: print(f"lab: {msg}", flush=True))
     env = {**os.environ, **state.env()}
     failures = 0
@@ -61,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
         for argv, in_box in steps():
             failures += _show(argv, env, state.boxes[0].netns if in_box else None)
     finally:
-        if not args.keep:
+        if not keep:
             lab.down(log=lambda msg: print(f"lab: {msg}", flush=True))
         else:
-            print("lab: left up; use it with:")
+            print("lab: left up (it was up before the demo, or --keep); use it with:")
             for key, value in state.env().items():
                 print(f"  export {key}={value}")
     if failures:

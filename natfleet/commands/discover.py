@@ -7,17 +7,15 @@ Example:
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from natfleet.commands.awsopts import add_aws_options, devices_from_args
 from natfleet.errors import ExitCode
 from natfleet.models import Device
-from natfleet.render import json_text, table_text
-from natfleet.text import printable
+from natfleet.output import add_format_option, warn, write_json, write_records
 
 EXAMPLES = """\
 examples:
@@ -27,6 +25,7 @@ examples:
   natfleet discover --region us-east-1 --format csv > nat.csv
 """
 
+# (Device field: the CSV column, table heading)
 COLUMNS = (
     ("kind", "KIND"),
     ("id", "ID"),
@@ -53,50 +52,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_aws_options(parser, address=False)
-    parser.add_argument(
-        "--format", choices=("table", "json", "csv"), default="table", help="output format"
-    )
+    add_format_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     devices = devices_from_args(args)
     if not devices:
-        print("natfleet: no NAT instances or NAT gateways found", file=sys.stderr)
-    sys.stdout.write(FORMATTERS[args.format](devices))
+        warn("no NAT instances or NAT gateways found")
+    write_devices(sys.stdout, args.format, devices)
     return ExitCode.OK
 
 
-def as_json(devices: Sequence[Device]) -> str:
-    """Every Device field, as a JSON list."""
-    return json_text([dataclasses.asdict(d) for d in devices])
-
-
-def as_csv(devices: Sequence[Device]) -> str:
-    """The table's columns; lists joined with ``;``."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow([key for key, _ in COLUMNS])
-    for d in devices:
-        writer.writerow([_plain(getattr(d, key), ";") for key, _ in COLUMNS])
-    return out.getvalue()
-
-
-def as_table(devices: Sequence[Device]) -> str:
-    """A tabulate table; names are made safe to print (no control or bidi characters)."""
-    rows = [
-        [printable(_plain(getattr(d, key), "\n"), newlines=True) for key, _ in COLUMNS]
-        for d in devices
-    ]
-    return table_text(rows, [h for _, h in COLUMNS])
-
-
-def _plain(value: object, sep: str) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)):
-        return sep.join(str(v) for v in value)
-    return str(value)
-
-
-FORMATTERS = {"table": as_table, "json": as_json, "csv": as_csv}
+def write_devices(out: TextIO, fmt: str, devices: Sequence[Device]) -> None:
+    """JSON: every Device field; table and CSV: :data:`COLUMNS` (lists one item a line in
+    the table, joined with ``;`` in CSV). Every value is escaped by the output layer."""
+    if fmt == "json":
+        write_json(out, [dataclasses.asdict(d) for d in devices])
+        return
+    records = [dataclasses.asdict(d) for d in devices]
+    columns = [key for key, _ in COLUMNS]
+    write_records(out, fmt, records, columns, headers=[h for _, h in COLUMNS])

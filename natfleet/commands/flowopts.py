@@ -15,6 +15,7 @@ from typing import Any
 from natfleet.agent import SORT_KEYS, AgentError, Request
 from natfleet.commands.argtypes import positive
 from natfleet.errors import UsageError
+from natfleet.output import add_format_option
 from natfleet.render import FORMATS, NetstatStyle
 
 NETSTAT_EPILOG = """netstat-nat flags keep their letters and meanings, done right: numeric sorting,
@@ -40,7 +41,7 @@ def add_flow_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-S", dest="snat", action="store_true", help="source-NAT connections only")
     g.add_argument("-D", dest="dnat", action="store_true", help="destination-NAT connections only")
     g.add_argument(
-        "-L", dest="local", action="store_true", help="only connections to the NAT box itself"
+        "-L", dest="to_box", action="store_true", help="only connections to the NAT box itself"
     )
     g.add_argument(
         "-R", dest="routed", action="store_true", help="only connections routed without NAT"
@@ -55,7 +56,7 @@ def add_flow_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("-o", dest="no_header", action="store_true", help="no header line")
     g.add_argument("-N", dest="nat_host", action="store_true", help="show the NAT-host column")
-    parser.add_argument("--format", choices=FORMATS, help="output format (default: netstat text)")
+    add_format_option(parser, FORMATS, default=None)
     parser.add_argument(
         "--limit", type=positive(int), metavar="N", help="print at most N rows (after sorting)"
     )
@@ -74,7 +75,7 @@ def nat_kinds(args: argparse.Namespace) -> list[str]:
         kinds += ["snat", "snat+dnat"]
     if args.dnat:
         kinds += ["dnat"] if "snat+dnat" in kinds else ["dnat", "snat+dnat"]
-    if args.local:
+    if args.to_box:
         kinds.append("local")
     if args.routed:
         kinds.append("routed")
@@ -95,7 +96,7 @@ def host_networks(values: list[str] | None, flag: str) -> list[str]:
         except (socket.gaierror, UnicodeError) as exc:
             message = f"{flag} {value!r}: not an address, CIDR or known host ({exc})"
             raise UsageError(message) from None
-        found.extend(sorted({info[4][0] for info in infos}))
+        found.extend(sorted({str(info[4][0]) for info in infos}))
     return found
 
 
@@ -122,7 +123,7 @@ def request_from_args(args: argparse.Namespace, mode: str = "list") -> dict[str,
 
 
 def style_from_args(args: argparse.Namespace) -> NetstatStyle:
-    untranslated = (args.local or args.routed) and not (args.snat or args.dnat)
+    untranslated = (args.to_box or args.routed) and not (args.snat or args.dnat)
     return NetstatStyle(
         nat_host=args.nat_host,
         wide=args.wide,

@@ -8,17 +8,21 @@ Example:
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TextIO
 
 from natfleet.commands.awsopts import add_aws_options, devices_from_args, sessions_from_args
 from natfleet.errors import ExitCode
-from natfleet.models import Device
-from natfleet.render import NO_DATA, human, json_text, sparkline, table_text
-from natfleet.text import printable
+from natfleet.output import (
+    NO_DATA,
+    add_format_option,
+    human,
+    sparkline,
+    warn,
+    write_json,
+    write_records,
+)
 
 EXAMPLES = """\
 examples:
@@ -45,9 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--nat-gateway-id", action="append", metavar="ID", help="only this gateway (repeatable)"
     )
-    parser.add_argument(
-        "--format", choices=("table", "json", "csv"), default="table", help="output format"
-    )
+    add_format_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -67,48 +69,16 @@ def add_time_options(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from natfleet import cloudwatch  # boto3 loads only when a command needs AWS
 
-    start = cloudwatch.parse_since(args.since)
-    end = cloudwatch.parse_time(args.until)
-    period = cloudwatch.parse_period(args.period) or cloudwatch.choose_period(start, end)
+    window = cloudwatch.Window.from_options(args.since, args.until, args.period)
+    found = devices_from_args(args, instances=False, gateways=True)
     gateways = [
-        d
-        for d in devices_from_args(args, instances=False, gateways=True)
-        if d.kind == "gateway" and (not args.nat_gateway_id or d.id in args.nat_gateway_id)
+        d for d in cloudwatch.select_gateways(found, args.nat_gateway_id) if d.kind == "gateway"
     ]
     if not gateways:
-        print("natfleet: no NAT gateways found", file=sys.stderr)
-    rows = gateway_rows(args, gateways, start, end, period)
-    sys.stdout.write(FORMATTERS[args.format](rows))
+        warn("no NAT gateways found")
+    rows = cloudwatch.gateway_rows(sessions_from_args(args), gateways, window)
+    write_gateways(sys.stdout, args.format, rows)
     return ExitCode.OK
-
-
-def gateway_rows(
-    args: argparse.Namespace, gateways: Sequence[Device], start: Any, end: Any, period: int
-) -> list[dict[str, Any]]:
-    """:func:`natfleet.cloudwatch.gateway_summary` rows with name, region and window added."""
-    from natfleet import cloudwatch
-
-    sessions = sessions_from_args(args)
-    rows = []
-    for (profile, region), members in cloudwatch.by_profile_region(gateways).items():
-        series = cloudwatch.gateway_metrics(
-            sessions[profile], region, [g.id for g in members], start, end, period
-        )
-        by_id = {g.id: g for g in members}
-        for row in cloudwatch.gateway_summary(series, start, end):
-            gw = by_id[row["nat_gateway_id"]]
-            rows.append(
-                {
-                    "name": gw.name,
-                    "region": region,
-                    "vpc_id": gw.vpc_id,
-                    "start": start,
-                    "end": end,
-                    "period": period,
-                    **row,
-                }
-            )
-    return rows
 
 
 def _pair(a: Optional[float], b: Optional[float]) -> str:
@@ -119,53 +89,42 @@ def _rate(rate: Optional[float]) -> str:
     return NO_DATA if rate is None else f"{rate * 100:.3f}%"
 
 
-def as_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The human table, one gateway a row."""
-    headers = [
-        "GATEWAY",
-        "NAME",
-        "PEAK CONN",
-        "ACTIVE CONNECTIONS",
-        "ATTEMPTS/ESTAB",
-        "BYTES OUT/IN",
-        "PKTS OUT/IN",
-        "PORT ERR",
-        "DROPS",
-        "DROP RATE",
-        "IDLE TIMEOUTS",
-    ]
-    table = [
-        [
-            r["nat_gateway_id"],
-            printable(r["name"]),
-            human(r["peak_active_connections"]),
-            sparkline(r["active_connections"]),
-            _pair(r["connection_attempts"], r["connections_established"]),
-            _pair(r["bytes_to_destination"], r["bytes_from_destination"]),
-            _pair(r["packets_to_destination"], r["packets_from_destination"]),
-            human(r["error_port_allocation"]),
-            human(r["packets_dropped"]),
-            _rate(r["drop_rate"]),
-            human(r["idle_timeouts"]),
-        ]
-        for r in rows
-    ]
-    return table_text(table, headers)
+# (table heading, how a row becomes the cell)
+TABLE_COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("GATEWAY", lambda r: r["nat_gateway_id"]),
+    ("NAME", lambda r: r["name"]),
+    ("PEAK CONN", lambda r: human(r["peak_active_connections"])),
+    ("ACTIVE CONNECTIONS", lambda r: sparkline(r["active_connections"])),
+    ("ATTEMPTS/ESTAB", lambda r: _pair(r["connection_attempts"], r["connections_established"])),
+    ("BYTES OUT/IN", lambda r: _pair(r["bytes_to_destination"], r["bytes_from_destination"])),
+    ("PKTS OUT/IN", lambda r: _pair(r["packets_to_destination"], r["packets_from_destination"])),
+    ("PORT ERR", lambda r: human(r["error_port_allocation"])),
+    ("DROPS", lambda r: human(r["packets_dropped"])),
+    ("DROP RATE", lambda r: _rate(r["drop_rate"])),
+    ("IDLE TIMEOUTS", lambda r: human(r["idle_timeouts"])),
+)
 
 
-def as_json(rows: Sequence[dict[str, Any]]) -> str:
-    """Raw numbers (null for no data)."""
-    return json_text(list(rows))
+def table_record(row: dict[str, Any]) -> dict[str, str]:
+    """A gateway row as table cells, keyed by heading ('no data' where CloudWatch had none).
+
+    Example:
+        >>> table_record(row)["DROP RATE"], table_record(row)["PORT ERR"]
+        ('0.040%', 'no data')
+    """
+    return {heading: cell(row) for heading, cell in TABLE_COLUMNS}
 
 
-def as_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """Raw numbers; empty cell for no data; the series left out."""
-    out = io.StringIO()
-    keys = [k for k in (rows[0] if rows else {}) if k != "active_connections"]
-    writer = csv.DictWriter(out, fieldnames=keys, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
+def write_gateways(out: TextIO, fmt: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Table: one gateway a line, human numbers; JSON: raw numbers (null for no data) and
+    ISO 8601 UTC times; CSV: the JSON keys without the series, empty cells for no data."""
+    if fmt == "json":
+        write_json(out, list(rows))
+    elif fmt == "csv":
+        from natfleet.cloudwatch import GATEWAY_ROW_KEYS
 
-
-FORMATTERS = {"table": as_table, "json": as_json, "csv": as_csv}
+        keys = [k for k in GATEWAY_ROW_KEYS if k != "active_connections"]
+        write_records(out, "csv", rows, keys)
+    else:
+        headings = [heading for heading, _ in TABLE_COLUMNS]
+        write_records(out, fmt, [table_record(r) for r in rows], headings)

@@ -12,13 +12,26 @@ import argparse
 import datetime
 import shlex
 import sys
+from collections.abc import Sequence
+from typing import TextIO
 
 from natfleet import lab
 from natfleet.errors import ExitCode
+from natfleet.output import add_format_option, iso_time, safe, warn, write_json, write_records
+
+# (box_status key, table heading)
+STATUS_COLUMNS = (
+    ("name", "BOX"),
+    ("mgmt_ip", "MGMT"),
+    ("netns", "NETNS"),
+    ("sshd", "SSHD"),
+    ("conntrack", "CONNTRACK"),
+    ("instance_id", "INSTANCE"),
+)
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr)
+    warn(message)
 
 
 def _env_lines(state: lab.LabState) -> list[str]:
@@ -47,22 +60,60 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """One line per box: namespace, sshd, conntrack entries; 1 when something is down."""
+    """One row per box: namespace, sshd, conntrack entries; 1 when something is down."""
     state = lab.load_state()
     rows = lab.box_status(state)
-    print(f"{'BOX':<12} {'MGMT':<15} {'NETNS':<6} {'SSHD':<5} {'CONNTRACK':>9}  INSTANCE")
-    for row in rows:
-        count = "-" if row["conntrack"] is None else row["conntrack"]
-        print(
-            f"{row['name']:<12} {row['mgmt_ip']:<15} {'up' if row['netns'] else 'gone':<6} "
-            f"{'up' if row['sshd'] else 'down':<5} {count:>9}  {row['instance_id'] or '-'}"
-        )
-    ends = datetime.datetime.fromtimestamp(state.started + state.lifetime)
-    print(f"state: {state.state_dir}; processes stop by {ends:%Y-%m-%d %H:%M:%S}")
-    if state.aws.get("endpoint_url"):
-        print(f"AWS API (moto): {state.aws['endpoint_url']}")
+    ends = datetime.datetime.fromtimestamp(state.started + state.lifetime, datetime.timezone.utc)
+    write_status(sys.stdout, args.format, rows, state, ends)
     healthy = all(row["netns"] and row["sshd"] for row in rows)
     return ExitCode.OK if healthy else ExitCode.ERROR
+
+
+def status_record(row: dict[str, object]) -> dict[str, object]:
+    """A box_status row as table cells: up/gone, up/down, ``-`` for unknown.
+
+    Example:
+        >>> status_record({"name": "nflab-box1", "mgmt_ip": "198.19.255.11", "netns": True,
+        ...                "sshd": False, "conntrack": None, "instance_id": None})["sshd"]
+        'down'
+    """
+    return {
+        **row,
+        "netns": "up" if row["netns"] else "gone",
+        "sshd": "up" if row["sshd"] else "down",
+    }
+
+
+def write_status(
+    out: TextIO,
+    fmt: str,
+    rows: Sequence[dict[str, object]],
+    state: lab.LabState,
+    ends: datetime.datetime,
+) -> None:
+    """Table: the boxes, then where the state is and when the processes stop; JSON:
+    ``{"boxes", "state_dir", "stops_at", "aws_endpoint"}``; CSV: the boxes."""
+    endpoint = state.aws.get("endpoint_url")
+    if fmt == "json":
+        write_json(
+            out,
+            {
+                "boxes": list(rows),
+                "state_dir": str(state.state_dir),
+                "stops_at": iso_time(ends),
+                "aws_endpoint": endpoint or None,
+            },
+        )
+        return
+    columns = [key for key, _ in STATUS_COLUMNS]
+    if fmt == "csv":
+        write_records(out, "csv", rows, columns)
+        return
+    headers = [heading for _, heading in STATUS_COLUMNS]
+    write_records(out, "table", [status_record(r) for r in rows], columns, headers)
+    out.write(safe(f"state: {state.state_dir}; processes stop by {iso_time(ends)}") + "\n")
+    if endpoint:
+        out.write(safe(f"AWS API (moto): {endpoint}") + "\n")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -124,4 +175,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             epilog=f"example:\n  {example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        if name == "status":
+            add_format_option(action)
         action.set_defaults(func=func)

@@ -14,20 +14,17 @@ import itertools
 import sys
 
 from natfleet import agent
+from natfleet.answer import AnswerError, check_malformed
 from natfleet.commands.flowopts import (
     NETSTAT_EPILOG,
     add_flow_options,
     request_from_args,
     style_from_args,
 )
+from natfleet.commands.report import malformed_notes
 from natfleet.errors import ExitCode, TableError, UsageError
-from natfleet.render import (
-    malformed_notes,
-    netstat_header,
-    netstat_row,
-    write_flows,
-    write_lines,
-)
+from natfleet.output import warn
+from natfleet.render import netstat_header, netstat_row, write_flows, write_lines
 
 EXAMPLES = """examples:
   sudo natfleet local -nN              every translation, with the NAT-host column
@@ -92,15 +89,19 @@ def run(args: argparse.Namespace) -> int:
         write_lines(out, itertools.chain([netstat_header(style)] if style.header else [], lines))
     else:
         answer, flows = serve(request, sources_for(args.input))
-        style.names = answer.get("names") or {}
+        style.names = answer.get("names") or {}  # this machine's own lookups
         write_flows(out, args.format or "netstat", flows, style)
-    for warning in answer.get("warnings") or ():
-        print(f"natfleet: {warning}", file=sys.stderr)
-    footer, details = malformed_notes(answer)
+    for warning in answer["warnings"]:
+        warn(warning)
+    try:
+        malformed = check_malformed(answer["malformed"])
+    except AnswerError as exc:  # the agent's own output: a bug if it ever happens
+        raise TableError(f"internal error in the malformed-line count: {exc}") from None
+    footer, details = malformed_notes(malformed, answer["lines"], answer["source"])
     for line in details:
-        print(line, file=sys.stderr)
+        warn(line)
     if footer:
         if (args.format or "netstat") == "netstat":
-            print(footer, file=out)
-        print(footer, file=sys.stderr)
+            warn(footer, out=out)
+        warn(footer)
     return ExitCode.OK

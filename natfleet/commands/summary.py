@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TextIO
 
+from natfleet import api
 from natfleet.aggregate import (
     SUMMARY_COLUMNS,
     fleet_total,
@@ -21,7 +22,7 @@ from natfleet.commands.argtypes import positive
 from natfleet.commands.report import exit_code, report_problems
 from natfleet.commands.targetopts import add_target_options, run_from_args
 from natfleet.models import HostResult
-from natfleet.render import write_json, write_records
+from natfleet.output import add_format_option, safe, write_json, write_lines, write_records
 
 EXAMPLES = """examples:
   natfleet summary                           every NAT instance found in AWS
@@ -44,9 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--format", choices=("table", "json", "csv"), default="table", help="output format"
-    )
+    add_format_option(parser)
     parser.add_argument(
         "--top", type=positive(int), default=10, help="how many top talkers (default 10)"
     )
@@ -68,10 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    request = {"mode": "summary", "top": args.top}
-    if args.jobs is not None:
-        request["jobs"] = args.jobs
-    results = run_from_args(args, request)
+    results = run_from_args(args, api.summary_request(args.top, args.jobs))
     out = sys.stdout
     if args.format == "json":
         write_json(out, summary_json(results))
@@ -88,34 +84,38 @@ def run(args: argparse.Namespace) -> int:
     return exit_code(results)
 
 
-def write_details(out: Any, result: HostResult) -> None:
-    """Top sources, destinations and port pressure of one box, and its counters."""
-    answer, s = result.answer, result.summary
-    out.write(f"\n{result.target.label}: {s.get('flows')} flows")
-    if answer.get("max"):
-        out.write(f" in a table of {answer['max']} ({s.get('fill_pct')}% full)")
-    out.write(f", read from {answer.get('source')}\n")
-    stats = answer.get("stats") or {}
-    if stats:
+def write_details(out: TextIO, result: HostResult) -> None:
+    """Top sources, destinations and port pressure of one box, and its counters: plain
+    sentences and tables, every value through the output layer."""
+    answer = result.answer
+    facts, s = answer.facts, answer.summary
+    if s is None:
+        return
+    line = f"{result.target.label}: {s.flows} flows"
+    if facts.max:
+        line += f" in a table of {facts.max} ({s.fill_pct}% full)"
+    write_lines(out, ["", safe(f"{line}, read from {facts.source}")])
+    lines = []
+    if facts.stats:
         keys = ("insert_failed", "drop", "early_drop", "invalid", "search_restart")
-        out.write("  counters: " + ", ".join(f"{k} {stats[k]}" for k in keys if k in stats))
-        out.write("\n")
-    for iface, counters in (answer.get("ena") or {}).items():
-        out.write(f"  ENA {iface}: " + ", ".join(f"{k} {v}" for k, v in counters.items()) + "\n")
-    if answer.get("port_range"):
-        low, high = answer["port_range"]
-        out.write(f"  SNAT port range {low}-{high} ({high - low + 1} ports)\n")
-    rows = [["source", a, n] for a, n in s.get("top_sources", [])]
-    rows += [["destination", a, n] for a, n in s.get("top_destinations", [])]
-    records = [{"top": k, "address": a, "flows": n} for k, a, n in rows]
+        shown = ", ".join(f"{k} {facts.stats[k]}" for k in keys if k in facts.stats)
+        lines.append(f"  counters: {shown}")
+    for iface, counters in facts.ena.items():
+        lines.append(f"  ENA {iface}: " + ", ".join(f"{k} {v}" for k, v in counters.items()))
+    if facts.port_range:
+        low, high = facts.port_range
+        lines.append(f"  SNAT port range {low}-{high} ({high - low + 1} ports)")
+    write_lines(out, [safe(text) for text in lines])
+    records = [{"top": "source", "address": a, "flows": n} for a, n in s.top_sources]
+    records += [{"top": "destination", "address": a, "flows": n} for a, n in s.top_destinations]
     if records:
         write_records(out, "table", records, ("top", "address", "flows"))
-    pressure = s.get("port_pressure", [])
-    if pressure:
+    if s.port_pressure:
         out.write("\n")
+        pressure = [vars(p) for p in s.port_pressure]
         write_records(out, "table", pressure, ("nat_ip", "dst", "dport", "proto", "ports", "pct"))
-    if s.get("top_error"):
+    if s.top_error:
         out.write(
             f"  (top counts are approximate: more distinct addresses than the agent keeps; "
-            f"each may be under by up to {s['top_error']})\n"
+            f"each may be under by up to {s.top_error})\n"
         )

@@ -4,7 +4,7 @@ Example:
     >>> parser = argparse.ArgumentParser()
     >>> add_target_options(parser)
     >>> args = parser.parse_args(["--host", "root@198.51.100.7", "--timeout", "5"])
-    >>> resolve_targets_from_args(args)[0][0].user, ssh_options_from_args(args).command_timeout
+    >>> resolve_targets_from_args(args)[0][0].user, read_options_from_args(args).timeout
     ('root', 5.0)
 """
 
@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Optional
+import sys
+from typing import TYPE_CHECKING, Optional
 
+from natfleet import api
 from natfleet import targets as targets_mod
 from natfleet.commands.argtypes import positive
+from natfleet.commands.awsopts import config_from_args
+from natfleet.config import Config
 from natfleet.errors import NatfleetError, UsageError
+from natfleet.fleet import Outcome, ReadOptions
 from natfleet.models import Device, HostError, Target
+
+if TYPE_CHECKING:
+    from natfleet.ssh import SshOptions
 
 
 def add_target_options(parser: argparse.ArgumentParser) -> None:
@@ -86,8 +94,16 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
         "--timeout",
         type=positive(float),
         metavar="SECONDS",
-        help="per box, to run the agent (default: config [ssh] command_timeout, 60); "
-        "connecting gets at most [ssh] connect_timeout (10) more",
+        help="per box, everything included: connecting, running the agent, reading and "
+        "checking its answer (default: config [ssh] timeout, 60); connecting takes at most "
+        "[ssh] connect_timeout (10) of it",
+    )
+    ssh.add_argument(
+        "--max-answer-mb",
+        type=positive(int),
+        metavar="MB",
+        help="the most a box may send for a listing, decoded (default: config [limits] "
+        "listing_mb, 128); a box that sends more is an error row",
     )
     ssh.add_argument(
         "--parallel",
@@ -95,10 +111,8 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="boxes read at the same time (default: config [ssh] parallel, 32)",
     )
-    try:
-        from natfleet.commands.awsopts import add_aws_options
-    except ImportError:
-        return
+    from natfleet.commands.awsopts import add_aws_options
+
     add_aws_options(parser)
 
 
@@ -107,7 +121,7 @@ def resolve_targets_from_args(
 ) -> tuple[list[Target], list[HostError]]:
     """The targets named by the options, else AWS discovery (or the NAT instances among
     ``devices``, already discovered): (reachable targets, errors for discovered instances
-    without an address). Raises UsageError."""
+    that cannot be read). Raises UsageError."""
 
     def discover() -> tuple[list[Target], list[HostError]]:
         from natfleet.commands import awsopts  # boto3 only when AWS is used
@@ -123,14 +137,19 @@ def resolve_targets_from_args(
     )
 
 
-def ssh_defaults(args: argparse.Namespace) -> Any:
-    """The ``[ssh]`` section of the configuration (``--config``, $NATFLEET_CONFIG, ...)."""
-    from natfleet.config import load_config
+def read_options_from_args(
+    args: argparse.Namespace, config: Optional[Config] = None
+) -> ReadOptions:
+    """The per-box deadline, parallelism and byte caps: options over the configuration."""
+    return api.read_options(
+        config or config_from_args(args),
+        timeout=args.timeout,
+        parallel=args.parallel,
+        max_answer_mb=args.max_answer_mb,
+    )
 
-    return load_config(getattr(args, "config", None)).ssh
 
-
-def ssh_options_from_args(args: argparse.Namespace) -> Any:
+def ssh_options_from_args(args: argparse.Namespace, config: Optional[Config] = None) -> SshOptions:
     """An ``SshOptions`` from the options (checks that -i and --ssh-config files exist)."""
     from natfleet.ssh import SshOptions  # paramiko only when SSH is used
 
@@ -142,8 +161,8 @@ def ssh_options_from_args(args: argparse.Namespace) -> Any:
     if args.proxy_jump:
         for spec in args.proxy_jump.split(","):
             targets_mod.split_host_spec(spec, where="--proxy-jump")
-    defaults = ssh_defaults(args)
-    timeout = args.timeout or defaults.command_timeout
+    defaults = (config or config_from_args(args)).ssh
+    timeout = args.timeout or defaults.timeout
     return SshOptions(
         ssh_config=args.ssh_config,
         user=args.ssh_user or defaults.user or None,
@@ -152,25 +171,24 @@ def ssh_options_from_args(args: argparse.Namespace) -> Any:
         known_hosts=args.known_hosts,
         accept_new_host_keys=args.accept_new_host_keys,
         connect_timeout=min(defaults.connect_timeout, timeout),
-        command_timeout=timeout,
         debug=bool(getattr(args, "debug", False)),
     )
 
 
 def run_from_args(
     args: argparse.Namespace,
-    request: dict[str, Any],
+    request: dict,
     devices: Optional[list[Device]] = None,
     allow_empty: bool = False,
-) -> list[Any]:
+) -> list[Outcome]:
     """Targets from the options, then the request on all of them (progress on a TTY).
 
     Returns one HostResult or HostError per target, in target order; discovered instances
-    that have no address to connect to come last, as errors.
+    that cannot be read come last, as errors.
 
-    >>> results = run_from_args(args, {"mode": "summary"})   # [HostResult | HostError, ...]
+    >>> results = run_from_args(args, api.summary_request())   # [HostResult | HostError]
     """
-    from natfleet.fleet import run_fleet, tty_progress
+    from natfleet.commands.report import tty_progress
 
     found, errors = resolve_targets_from_args(args, devices)
     if not found and not errors and not allow_empty:
@@ -179,11 +197,10 @@ def run_from_args(
             "check: see 'natfleet discover'); name boxes with --host, --hosts-file, --local "
             "or --input"
         )
-    connector = None
+    config = config_from_args(args)
+    executor = None
     if any(t.kind == "ssh" for t in found):
-        from natfleet.ssh import SshConnector
-
-        connector = SshConnector(ssh_options_from_args(args))
-    parallel = args.parallel or ssh_defaults(args).parallel
-    results = run_fleet(found, request, connector, parallel=parallel, progress=tty_progress())
+        executor = api.ssh_executor(ssh_options_from_args(args, config))
+    options = read_options_from_args(args, config)
+    results = api.read_fleet(found, request, executor, options, progress=tty_progress(sys.stderr))
     return [*results, *errors]

@@ -1,8 +1,10 @@
 """The local lab: real Linux NAT boxes in network namespaces, with sshd, traffic and AWS.
 
-``up`` builds N boxes (see :mod:`natfleet.lab.topology` for the addresses), starts one sshd
-per box on its management address and the traffic generators, then seeds a moto server
-(:mod:`natfleet.lab.aws`, when present). ``down`` removes every namespace, process and file.
+``up`` builds N boxes (see :mod:`natfleet.lab.topology` for the addresses and the resolver
+that keeps every lookup inside the lab), starts one sshd per box on its management address
+and the traffic generators, then seeds a moto server (:mod:`natfleet.lab.aws`; it needs the
+``lab`` extra: ``pip install 'natfleet[lab]'``). ``down`` removes every namespace, process
+and file, ``/etc/netns/nflab-*`` included.
 
 Example:
     >>> state = up(boxes=3)          # as root: about 2 s, 5 s with the moto AWS API
@@ -110,7 +112,7 @@ def up(
     Every lab process stops by itself after ``lifetime`` seconds. On failure the partial lab
     is removed and LabError says what went wrong.
     """
-    check_can_run()
+    check_can_run("up")
     if not 1 <= boxes <= MAX_BOXES:
         raise LabError(f"--boxes must be between 1 and {MAX_BOXES}, not {boxes}")
     if not MIN_LIFETIME <= lifetime <= MAX_LIFETIME:
@@ -128,6 +130,8 @@ def up(
             _seed_aws(current, log)
             save_state(current)
         return current
+    if aws:
+        _check_aws_extra()  # before anything is removed or built
     if current or netns_list(topology.PREFIX) or topology.mgmt_bridge_exists():
         log("removing the previous lab first")
         down(str(folder), log=log)
@@ -188,14 +192,15 @@ def _build(count: int, folder: Path, lifetime: int, log: Log) -> LabState:
     return state
 
 
+def _check_aws_extra() -> None:
+    """LabError naming ``pip install 'natfleet[lab]'`` when the moto server cannot run."""
+    missing = importlib.import_module("natfleet.lab.aws").moto_missing()  # (boto3: imported late)
+    if missing:
+        raise LabError(missing)
+
+
 def _seed_aws(state: LabState, log: Log) -> None:
-    try:
-        aws = importlib.import_module("natfleet.lab.aws")
-    except ModuleNotFoundError as exc:
-        if exc.name != "natfleet.lab.aws":
-            raise
-        log("AWS seeding skipped: natfleet.lab.aws is not there")
-        return
+    aws = importlib.import_module("natfleet.lab.aws")
     result = aws.seed(state)
     if isinstance(result, dict):
         state.aws = result
@@ -207,7 +212,7 @@ def _seed_aws(state: LabState, log: Log) -> None:
 
 def down(state_dir: Optional[str] = None, log: Log = print) -> None:
     """Remove every lab namespace, process, the mgmt bridge and the state folder; idempotent."""
-    check_can_run()
+    check_can_run("down")
     folder = state_dir_path(state_dir)
     try:
         state: Optional[LabState] = load_state(str(folder))
@@ -221,6 +226,8 @@ def down(state_dir: Optional[str] = None, log: Log = print) -> None:
         kill_netns_processes(netns)
         run(["ip", "netns", "delete", netns])
         log(f"removed namespace {netns}")
+    for etc in topology.remove_netns_etc(topology.PREFIX):
+        log(f"removed {etc}")
     if topology.mgmt_bridge_exists():
         run(["ip", "link", "delete", topology.MGMT_BRIDGE])
         log(f"removed bridge {topology.MGMT_BRIDGE}")

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import socket
 import subprocess
 import sys
@@ -39,6 +40,7 @@ from typing import Any, Callable, Optional
 from natfleet import aws
 from natfleet.cloudwatch import EC2_NAMESPACE, NATGW_METRICS, NATGW_NAMESPACE
 from natfleet.errors import AwsError, LabError
+from natfleet.lab import system
 
 REGION = "us-east-1"
 KEYS = ("testing", "testing")  # moto's fake credentials, never real ones
@@ -62,6 +64,8 @@ _SERVER = (
     "import signal, sys; signal.alarm(int(sys.argv[1])); "
     "from moto.server import main; main(sys.argv[2:])"
 )
+SERVER_MODULES = ("moto", "flask", "flask_cors")  # what `moto.server` needs: the lab extra
+LAB_EXTRA = "pip install 'natfleet[lab]'"
 COUNTERS = ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets")
 EC2_FROM_COUNTER = {
     "NetworkIn": "rx_bytes",
@@ -79,15 +83,45 @@ _READ_SYSFS = (
 # --- the server -------------------------------------------------------------------------
 
 
+def moto_missing() -> str:
+    """'' when this Python can run the moto server, else a message naming the lab extra.
+
+    Example (natfleet installed without its ``lab`` extra):
+        >>> moto_missing()
+        "the lab's AWS API (a moto server) needs natfleet's lab extra, and Python module ..."
+    """
+    for name in SERVER_MODULES:
+        if importlib.util.find_spec(name) is None:
+            return (
+                f"the lab's AWS API (a moto server) needs natfleet's lab extra, and Python "
+                f"module '{name}' is missing: {LAB_EXTRA} (into the Python that runs "
+                f"natfleet, {sys.executable}), or 'natfleet lab up --no-aws' for a lab "
+                "without AWS"
+            )
+    return ""
+
+
+def _log_tail(log_file: Optional[Path], lines: int = 5) -> str:
+    try:
+        text = log_file.read_text(errors="replace") if log_file else ""
+    except OSError:
+        return ""
+    return " | ".join(text.strip().splitlines()[-lines:])
+
+
 def start_server(lifetime: int, log_file: Optional[Path] = None) -> tuple[int, str]:
     """Start moto on 127.0.0.1 at a free port; returns ``(pid, endpoint_url)``.
 
-    The process ends by itself after ``lifetime`` seconds (SIGALRM).
+    The process ends by itself after ``lifetime`` seconds (SIGALRM). Without the lab extra,
+    LabError says to install it (see :func:`moto_missing`).
 
     Example:
         >>> start_server(600)
         (12345, 'http://127.0.0.1:40123')
     """
+    missing = moto_missing()
+    if missing:
+        raise LabError(missing)
     port = _free_port()
     argv = [sys.executable, "-c", _SERVER, str(int(lifetime)), "-H", "127.0.0.1", "-p", str(port)]
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
@@ -104,16 +138,17 @@ def start_server(lifetime: int, log_file: Optional[Path] = None) -> tuple[int, s
             out.close()  # type: ignore[union-attr]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            where = f" (see {log_file})" if log_file else ""
-            raise LabError(f"the moto server exited with {proc.returncode}{where}")
+        if proc.poll() is not None:  # its log goes with the lab's folder: say its end here
+            said = _log_tail(log_file) or "no output"
+            raise LabError(f"the moto server exited with {proc.returncode}: {said}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return proc.pid, f"http://127.0.0.1:{port}"
         except OSError:
             time.sleep(0.1)
     stop_pid(proc.pid)
-    raise LabError("the moto server did not listen within 30 s: pip install 'moto[server]'")
+    said = _log_tail(log_file) or "no output"
+    raise LabError(f"the moto server did not listen on 127.0.0.1:{port} within 30 s: {said}")
 
 
 def stop_pid(pid: int) -> None:
@@ -347,7 +382,7 @@ def publish_metrics(
     """
     endpoint = state.aws.get("endpoint_url")
     if not endpoint:
-        raise LabError("the lab has no AWS API: run 'natfleet lab up'")
+        raise LabError(f"the lab has no AWS API: run 'sudo {system.natfleet_command()} lab up'")
     (cw,) = _clients(endpoint, "cloudwatch")
     now = (now or dt.datetime.now(dt.timezone.utc)).replace(second=0, microsecond=0)
     minutes = [now - dt.timedelta(minutes=since_minutes - 1 - i) for i in range(since_minutes)]

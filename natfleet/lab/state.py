@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from natfleet.errors import LabError
+from natfleet.lab import system
 
 DEFAULT_STATE_DIR = "/run/natfleet-lab"
 STATE_FILE = "state.json"
-NOT_UP = "the lab is not up: run 'natfleet lab up'"
 MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
@@ -86,17 +86,26 @@ def save_state(state: LabState) -> None:
     tmp.replace(path)
 
 
+def not_up() -> str:
+    """The message for "no lab here", with the command that starts one.
+
+    Example: ``"the lab is not up: run 'sudo natfleet lab up'"``
+    """
+    return f"the lab is not up: run 'sudo {system.natfleet_command()} lab up'"
+
+
 def load_state(state_dir: Optional[str] = None) -> LabState:
-    """Read ``state.json``; raises LabError("the lab is not up: ...") when there is none."""
+    """Read ``state.json``; raises LabError(:func:`not_up`) when there is none."""
     path = state_dir_path(state_dir) / STATE_FILE
+    natfleet = f"sudo {system.natfleet_command()}"
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise LabError(NOT_UP) from exc
+        raise LabError(not_up()) from exc
     except (OSError, ValueError) as exc:
-        raise LabError(f"cannot read {path}: {exc}; run 'natfleet lab down' then up") from exc
+        raise LabError(f"cannot read {path}: {exc}; run '{natfleet} lab down' then up") from exc
     try:
         boxes = [LabBox(**box) for box in data.pop("boxes")]
         return LabState(boxes=boxes, **data)
     except (KeyError, TypeError) as exc:
-        raise LabError(f"{path} is not a lab state ({exc}); run 'natfleet lab down'") from exc
+        raise LabError(f"{path} is not a lab state ({exc}); run '{natfleet} lab down'") from exc

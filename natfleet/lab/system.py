@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,10 +47,35 @@ def netns_argv(netns: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", netns, *argv]
 
 
-def check_can_run() -> None:
-    """Raise LabError saying what to do when not root or a needed tool is missing."""
+SUDO_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # sudo's secure_path
+
+
+def natfleet_command() -> str:
+    """This natfleet as a command that works after ``sudo``: ``natfleet`` when sudo's PATH
+    finds this very one, else its full path (a venv's), else ``<python> -m natfleet``.
+
+    Example (installed in a checkout's venv by ``./dev``): ``/src/natfleet/.venv/bin/natfleet``
+    """
+    script = Path(sys.executable).parent / "natfleet"
+    if not script.is_file():
+        return f"{sys.executable} -m natfleet"
+    found = shutil.which("natfleet", path=SUDO_PATH)
+    if found and Path(found).resolve() == script.resolve():
+        return "natfleet"
+    return str(script)
+
+
+def check_can_run(action: str = "up") -> None:
+    """Raise LabError saying what to do when not root or a needed tool is missing.
+
+    Example (not root): ``the lab needs root (network namespaces, iptables): sudo natfleet lab
+    down``
+    """
     if os.geteuid() != 0:
-        raise LabError("the lab needs root (network namespaces, iptables): sudo natfleet lab up")
+        raise LabError(
+            "the lab needs root (network namespaces, iptables): "
+            f"sudo {natfleet_command()} lab {action}"
+        )
     for tool in TOOLS:
         if not (shutil.which(tool) or os.path.exists(f"/usr/sbin/{tool}")):
             raise LabError(f"the lab needs '{tool}': {INSTALL_HINT}")

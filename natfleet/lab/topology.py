@@ -11,6 +11,11 @@ Each box: ip_forward=1, MASQUERADE of 198.18.{i}.0/24 out of wan0, DNAT
 198.51.100.(10+i):8080 -> 198.18.{i}.10:80. nflab-inet routes 198.18.{i}.0/24 via the box
 (a routed, non-NAT path) and blackholes 203.0.113.200 (the sink for table fills).
 
+No lab process reaches past the lab, not even for DNS: every namespace has ``unreachable``
+routes for 192.0.2.0/24 and 198.18.0.0/15 (the lab's own, more specific routes still win), and
+its own ``/etc/netns/<ns>/resolv.conf`` naming 192.0.2.53, so a lookup fails at once without
+sending a packet (``ip netns exec`` bind-mounts those files over /etc; ``lab down`` removes them).
+
 Example:
     >>> make_box(2).public_ip
     '198.51.100.12'
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 from natfleet.lab.state import LabBox
 from natfleet.lab.system import netns_argv, run, sysctl_in
@@ -39,6 +45,11 @@ SERVER_IPS = (WEB_IP, DNS_IP, PING_IP)
 DNAT_PORT = 8080
 INSIDE_PORT = 80
 LOCAL_PORT = 9000  # a listener on each box's inside address
+UNROUTED = ("192.0.2.0/24", "198.18.0.0/15")  # unreachable in every lab namespace, but for
+# the lab's more specific routes (198.18.{i}.0/24, the mgmt 198.19.255.0/24)
+NO_RESOLVER = "192.0.2.53"  # the lab's nameserver: unreachable, so no query leaves the lab
+NETNS_ETC = Path("/etc/netns")  # `ip netns exec NS` bind-mounts NETNS_ETC/NS/* over /etc/*
+ETC_FILES = ("resolv.conf", "nsswitch.conf")  # what the lab writes there, and down removes
 
 
 def make_box(i: int) -> LabBox:
@@ -68,8 +79,9 @@ def inside_sources(box: LabBox) -> list[str]:
 def conntrack_timeouts(lifetime: int) -> dict[str, int]:
     """Timeouts that keep closing TCP, UDP and ICMP entries visible for the lab's lifetime."""
     keep = lifetime + 600
-    names = ("tcp_timeout_time_wait", "tcp_timeout_close_wait", "tcp_timeout_fin_wait")
-    names += ("tcp_timeout_last_ack", "udp_timeout", "udp_timeout_stream", "icmp_timeout")
+    names: tuple[str, ...] = ("tcp_timeout_time_wait", "tcp_timeout_close_wait")
+    names += ("tcp_timeout_fin_wait", "tcp_timeout_last_ack")
+    names += ("udp_timeout", "udp_timeout_stream", "icmp_timeout")
     values = {f"net.netfilter.nf_conntrack_{name}": keep for name in names}
     values["net.netfilter.nf_conntrack_tcp_timeout_established"] = max(432000, keep)
     return values
@@ -84,9 +96,69 @@ def _ip(*args: str) -> None:
     run(["ip", *args])
 
 
-def _netns(name: str) -> None:
+def resolv_conf() -> str:
+    """A lab namespace's ``/etc/resolv.conf``: one unreachable nameserver, one short try.
+
+    Example: ``resolv_conf().splitlines()[1]`` -> ``'nameserver 192.0.2.53'``
+    """
+    return (
+        "# natfleet lab: no DNS server is reachable from here, so a lookup fails at once\n"
+        f"nameserver {NO_RESOLVER}\n"
+        "options timeout:1 attempts:1\n"
+    )
+
+
+def nsswitch_conf(host: str) -> str:
+    """The machine's nsswitch.conf with ``hosts: files dns``: no lookup through a resolver of
+    the root namespace (systemd-resolved's socket, mDNS).
+
+    Example: ``nsswitch_conf("passwd: files\\nhosts: files resolve dns\\n")`` ->
+    ``'passwd: files\\nhosts: files dns\\n'``
+    """
+    lines = [line for line in host.splitlines() if line.split(":")[0].strip() != "hosts"]
+    return "\n".join([*lines, "hosts: files dns"]) + "\n"
+
+
+def write_netns_etc(name: str, root: Optional[Path] = None) -> Path:
+    """Write ``<root or NETNS_ETC>/<name>/resolv.conf`` and ``nsswitch.conf`` (before any
+    process starts in the namespace: ``ip netns exec`` mounts them at each start); returns the
+    folder."""
+    folder = (root or NETNS_ETC) / name
+    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    (folder / "resolv.conf").write_text(resolv_conf())
+    host = Path("/etc/nsswitch.conf")
+    if host.is_file():  # (ip netns exec mounts only over files /etc has)
+        (folder / "nsswitch.conf").write_text(nsswitch_conf(host.read_text()))
+    return folder
+
+
+def remove_netns_etc(prefix: str = PREFIX, root: Optional[Path] = None) -> list[str]:
+    """Remove the files :func:`write_netns_etc` wrote for namespaces named ``prefix*``, and
+    their folders when nothing else is in them; returns the folders removed."""
+    root = root or NETNS_ETC
+    removed = []
+    for folder in sorted(root.glob(f"{prefix}*")) if root.is_dir() else []:
+        for name in ETC_FILES:
+            (folder / name).unlink(missing_ok=True)
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            removed.append(str(folder))
+    if removed and not any(root.iterdir()):
+        root.rmdir()  # /etc/netns was most likely the lab's too
+    return removed
+
+
+def new_netns(name: str, root: Optional[Path] = None) -> None:
+    """A lab namespace: its resolver files, ``lo`` up, the :data:`UNROUTED` ranges unreachable.
+
+    Example: ``new_netns("nflab-srv")``, then ``ip netns exec nflab-srv getent hosts
+    example.com`` fails at once (exit 2) and sends nothing.
+    """
+    write_netns_etc(name, root)
     _ip("netns", "add", name)
     _ip("-n", name, "link", "set", "lo", "up")
+    for cidr in UNROUTED:
+        _ip("-n", name, "route", "add", "unreachable", cidr)
 
 
 def _addrs(netns: str, dev: str, cidrs: Sequence[str]) -> None:
@@ -100,8 +172,8 @@ def build_shared() -> None:
     _ip("link", "add", MGMT_BRIDGE, "type", "bridge")
     _ip("addr", "add", f"{MGMT_GATEWAY}/24", "dev", MGMT_BRIDGE)
     _ip("link", "set", MGMT_BRIDGE, "up")
-    _netns(INET_NS)
-    _netns(SRV_NS)
+    new_netns(INET_NS)
+    new_netns(SRV_NS)
     _ip("-n", INET_NS, "link", "add", "br0", "type", "bridge")
     _addrs(INET_NS, "br0", [f"{INET_IP}/24"])
     _ip(
@@ -141,8 +213,8 @@ def build_box(box: LabBox, lifetime: int) -> None:
     """Box ``box``: its namespaces, three links, routes, NAT rules and conntrack timeouts."""
     i = box_index(box)
     ns, inside = box.netns, box.inside_netns
-    _netns(ns)
-    _netns(inside)
+    new_netns(ns)
+    new_netns(inside)
     root_veth = f"nflab-m{i}"
     _ip("link", "add", root_veth, "type", "veth", "peer", "name", "mgmt0", "netns", ns)
     _ip("link", "set", root_veth, "master", MGMT_BRIDGE, "up")
