@@ -25,6 +25,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -308,20 +309,22 @@ class Tool:
     lab: HostileLab
 
 
-def _wait(proc: subprocess.Popen, hang: float) -> tuple[Optional[int], int]:
-    """(exit code or None if killed after ``hang`` s, peak RSS in KB) of ``proc``."""
-    end = time.monotonic() + hang
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, usage.ru_maxrss
-        if time.monotonic() > end:
-            proc.kill()
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return None, usage.ru_maxrss
-        time.sleep(0.01)
+def _wait(proc: subprocess.Popen, hang: float, peak_file: Path) -> tuple[Optional[int], int]:
+    """(exit code or None if killed after ``hang`` s, peak RSS in KB) of natfleet under
+    GNU time. The peak is what GNU time measured of its own child (forked from the small
+    ``time`` process, so it is natfleet's alone: a process forked from this big pytest
+    would count pytest's pages in its ru_maxrss until it execs)."""
+    try:
+        code: Optional[int] = proc.wait(timeout=hang)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # time and natfleet: the group it leads
+        proc.wait()
+        code = None
+    text = peak_file.read_text().split() if peak_file.exists() else []
+    peak = int(text[-1]) if text and text[-1].isdigit() else 0
+    if code is not None and code >= 128 and code - 128 == signal.SIGKILL:
+        code = None
+    return code, peak
 
 
 def _decoded(name: str, data: bytes, problems: list[str]) -> str:
@@ -340,16 +343,23 @@ def natfleet(tool: Tool, run: Run, hosts: list[str]) -> Result:
     argv += ["--timeout", f"{TIMEOUT:g}", "--ssh-config", str(tool.ssh_config)]
     argv += ["--known-hosts", str(tool.known_hosts)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("NATFLEET_")}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        peak_file = Path(tmp) / "peak"
         started = time.monotonic()
-        proc = subprocess.Popen(  # prlimit execs natfleet: the pid (and its rusage) is natfleet's
-            ["prlimit", f"--as={MEMORY_CAP}", "--", sys.executable, "-m", "natfleet", *argv],
+        proc = subprocess.Popen(  # GNU time -> prlimit execs natfleet: time's child is natfleet
+            ["/usr/bin/time", "-q", "-f", "%M", "-o", str(peak_file)]
+            + ["prlimit", f"--as={MEMORY_CAP}", "--", sys.executable, "-m", "natfleet", *argv],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
             env=env,
+            start_new_session=True,  # a process group of its own, ended as one on a hang
         )
-        code, rss_kb = _wait(proc, HANG)
+        code, rss_kb = _wait(proc, HANG, peak_file)
         seconds = time.monotonic() - started
         sizes = [f.seek(0, os.SEEK_END) for f in (out, err)]
         problems: list[str] = []

@@ -6,7 +6,9 @@ the bottom of this file brings the lab back up before it ends.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -280,15 +282,20 @@ def test_sshd_presents_the_known_host_key(lab, index, tmp_path):
     assert "Host key verification failed" in refused.stderr
 
 
+def _without_live_counters(state):
+    """The state without the publisher's interface counters (it updates them every minute)."""
+    return dataclasses.replace(state, aws={k: v for k, v in state.aws.items() if k != "counters"})
+
+
 @pytest.mark.lab
 def test_state_and_cli(lab, capsys):
-    assert natfleet.lab.load_state() == lab
+    assert _without_live_counters(natfleet.lab.load_state()) == _without_live_counters(lab)
     assert [box.mgmt_ip for box in lab.boxes] == ["198.19.255.11", "198.19.255.12", "198.19.255.13"]
     assert Path(lab.key_file).stat().st_mode & 0o077 == 0
     assert cli.main(["lab", "env"]) == 0
     assert f"export NATFLEET_SSH_CONFIG={lab.ssh_config}" in capsys.readouterr().out.splitlines()
     assert cli.main(["lab", "status"]) == 0
-    assert "nflab-box3   198.19.255.13   up     up" in capsys.readouterr().out
+    assert re.search(r"nflab-box3\s+198\.19\.255\.13\s+up\s+up", capsys.readouterr().out)
 
 
 @pytest.mark.lab
@@ -296,7 +303,7 @@ def test_up_again_keeps_the_running_lab(lab):
     started = time.monotonic()
     again = natfleet.lab.up(boxes=3, log=lambda _message: None)
     assert time.monotonic() - started < 2
-    assert again == lab
+    assert _without_live_counters(again) == _without_live_counters(lab)
 
 
 @pytest.mark.lab
