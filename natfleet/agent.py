@@ -772,7 +772,7 @@ class Flow(object):
             osp, odp = orig["srckey"], orig["dstkey"]
             rsp, rdp = reply.get("srckey"), reply.get("dstkey")
         fields: Fields = (
-            PROTO_NUMBERS.get(row["proto"], -1),
+            _proto_number(row["proto"]),
             row.get("timeout"),
             row.get("state"),
             orig["src"],
@@ -857,6 +857,13 @@ _COMMON_KEYS = {
 }
 _ORIG_KEYS = dict(_COMMON_KEYS, packets="packets_orig", bytes="bytes_orig")
 _REPLY_KEYS = dict(_COMMON_KEYS, packets="packets_reply", bytes="bytes_reply")
+
+
+def _proto_number(name: Any) -> int:
+    """A row's protocol as its number (``"tcp"`` 6, ``"99"`` 99); -1 for a name we lack."""
+    if isinstance(name, str) and _number_ok(name, BYTE_MAX):
+        return int(name)
+    return PROTO_NUMBERS.get(name, -1)
 
 
 def _text(value: Any) -> Optional[str]:
@@ -1182,7 +1189,7 @@ def open_table(sources: Sources) -> Tuple[str, Stream]:
             except PermissionError:
                 raise AgentError(
                     "permission",
-                    "cannot read %s: permission denied; run as root (sudo natfleet ...)" % name,
+                    "cannot read %s: permission denied; run natfleet as root" % name,
                 ) from None
             except (IOError, OSError) as exc:
                 raise AgentError("no_table", "cannot read %s: %s" % (name, exc)) from None
@@ -1192,6 +1199,158 @@ def open_table(sources: Sources) -> Tuple[str, Stream]:
         "(load the module with 'modprobe nf_conntrack' or install the 'conntrack' package)"
         % TABLE_PROC,
     )
+
+
+# --------------------------------------------------------------------------- own session
+#
+# natfleet's own SSH session to the box is a conntrack entry like any other: the remote agent
+# (main()) leaves it out. It walks its parent processes up to the sshd serving the session,
+# takes that process's TCP socket (/proc/<pid>/fd, then /proc/net/tcp and tcp6 of this network
+# namespace) and skips the entry whose reply tuple is that socket, local -> remote: the
+# original tuple remote -> local when nothing was translated on the way in. Earlier sessions'
+# TIME_WAIT entries cannot be told from anyone else's and stay.
+
+SSHD_NAMES = frozenset(("sshd", "sshd-session"))  # OpenSSH 9.8+ names the session process so
+TCP_PATHS = ("/proc/net/tcp", "/proc/net/tcp6")
+PARENTS_MAX = 32  # processes walked up from the agent (sudo, a shell, sshd: a handful)
+TCP_ESTABLISHED, TCP_LISTEN = "01", "0A"
+# (local address, local port, remote address, remote port) of a TCP socket
+Socket = Tuple[str, int, str, int]
+
+
+def parse_proc_stat(text: Optional[str]) -> Tuple[int, str, int]:
+    """(pid, command name, parent pid) from /proc/<pid>/stat; raises ValueError.
+
+    >>> parse_proc_stat("812 (sshd) S 790 812 812 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0\\n")
+    (812, 'sshd', 790)
+    """
+    head, paren, tail = (text or "").rpartition(")")
+    pid, opened, comm = head.partition(" (")  # (a name may hold spaces and parentheses)
+    fields = tail.split()
+    if not (paren and opened and len(fields) > 1 and pid.isdecimal() and fields[1].isdecimal()):
+        raise ValueError("%r is not a /proc/<pid>/stat line" % (text or "")[:60])
+    return int(pid), comm, int(fields[1])
+
+
+def parse_tcp_address(text: str) -> Tuple[str, int]:
+    """/proc/net/tcp's ``ADDRESS:PORT`` (hex, the address in host byte order per 32-bit word)
+    as (address, port); an IPv4-mapped IPv6 address comes back as the IPv4 one, as conntrack
+    shows it. Raises ValueError.
+
+    >>> parse_tcp_address("0BFF13C6:0016")  # (on a little-endian machine)
+    ('198.19.255.11', 22)
+    >>> parse_tcp_address("0000000000000000FFFF000001FF13C6:D2F4")
+    ('198.19.255.1', 54004)
+    """
+    addr, colon, port = text.partition(":")
+    if not colon or len(port) != 4 or port.strip(_HEX) or len(addr) not in (8, 32):
+        raise ValueError("%r is not ADDRESS:PORT" % text[:60])
+    if addr.strip(_HEX):
+        raise ValueError("%r is not ADDRESS:PORT" % text[:60])
+    raw = b"".join(
+        int(addr[i : i + 8], 16).to_bytes(4, sys.byteorder) for i in range(0, len(addr), 8)
+    )
+    if raw[:12] == b"\0" * 10 + b"\xff\xff":
+        raw = raw[12:]
+    family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, raw), int(port, 16)
+
+
+def parse_tcp_table(text: Optional[str]) -> Tuple[Dict[int, Socket], Set[int]]:
+    """(ESTABLISHED sockets by inode, the ports something listens on) from /proc/net/tcp or
+    tcp6; lines that are not socket lines are left out.
+
+    >>> parse_tcp_table("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when "
+    ...     "retrnsmt   uid  timeout inode\\n   3: 0BFF13C6:0016 01FF13C6:A2E8 01 "
+    ...     "00000000:00000000 02:000A8DDA 00000000     0        0 466027 2 0 20 4 14 21 -1\\n")
+    ({466027: ('198.19.255.11', 22, '198.19.255.1', 41704)}, set())
+    """
+    established: Dict[int, Socket] = {}
+    listening: Set[int] = set()
+    for line in (text or "").splitlines():
+        fields = line.split()
+        if len(fields) < 10 or not fields[0].endswith(":") or not fields[9].isdecimal():
+            continue
+        try:
+            local, lport = parse_tcp_address(fields[1])
+            remote, rport = parse_tcp_address(fields[2])
+        except ValueError:
+            continue
+        if fields[3] == TCP_LISTEN:
+            listening.add(lport)
+        elif fields[3] == TCP_ESTABLISHED:
+            established[int(fields[9])] = (local, lport, remote, rport)
+    return established, listening
+
+
+def _socket_inodes(sources: Sources, pid: int) -> List[int]:
+    """The socket inodes among a process's open files (``socket:[466027]`` links)."""
+    inodes = []
+    folder = "/proc/%d/fd" % pid
+    for fd in sources.listdir(folder):
+        link = sources.readlink(folder + "/" + fd) or ""
+        if link[:8] == "socket:[" and link[-1:] == "]" and link[8:-1].isdecimal():
+            inodes.append(int(link[8:-1]))
+    return inodes
+
+
+def _tcp_sockets(sources: Sources) -> Tuple[Dict[int, Socket], Set[int]]:
+    established: Dict[int, Socket] = {}
+    listening: Set[int] = set()
+    for path in TCP_PATHS:
+        found, ports = parse_tcp_table(sources.read(path))
+        established.update(found)
+        listening.update(ports)
+    return established, listening
+
+
+def find_own_session(sources: Sources) -> Optional[Socket]:
+    """The TCP socket (local, lport, remote, rport) of the SSH session this process runs
+    under, or None: not under sshd, or the nearest sshd with a connection has several.
+
+    >>> find_own_session(LocalSources("tests/data/own-session"))
+    ('198.19.255.11', 22, '198.19.255.1', 41704)
+    """
+    pid = "self"
+    sockets: Optional[Tuple[Dict[int, Socket], Set[int]]] = None
+    for _ in range(PARENTS_MAX):
+        try:
+            number, comm, parent = parse_proc_stat(sources.read("/proc/%s/stat" % pid))
+        except ValueError:
+            return None
+        if comm in SSHD_NAMES:
+            if sockets is None:
+                sockets = _tcp_sockets(sources)
+            established, listening = sockets
+            found = [established[i] for i in _socket_inodes(sources, number) if i in established]
+            if len(found) > 1:  # a forwarded connection too: the session is the served one
+                found = [s for s in found if s[1] in listening]
+            if found:  # the first sshd with a connection is the session's: one, or unknown
+                return found[0] if len(found) == 1 else None
+        if parent <= 1 or parent == number:
+            return None
+        pid = str(parent)
+    return None
+
+
+def session_json(session: Optional[Socket]) -> Optional[Json]:
+    """The answer's ``own_session``: the session as its conntrack entry's original tuple.
+
+    >>> session_json(("198.19.255.11", 22, "198.19.255.1", 41704))["src"]
+    '198.19.255.1'
+    """
+    if session is None:
+        return None
+    local, lport, remote, rport = session
+    return {"src": remote, "sport": rport, "dst": local, "dport": lport, "proto": "tcp"}
+
+
+def session_skip(session: Optional[Socket]) -> Optional[Tuple[str, str, str, str]]:
+    """What parse_fields' reply tuple (rsrc, rdst, rsp, rdp) is for the session's entry."""
+    if session is None:
+        return None
+    local, lport, remote, rport = session
+    return (local, remote, str(lport), str(rport))
 
 
 # --------------------------------------------------------------------------- requests
@@ -1390,25 +1549,54 @@ def _port(value: Optional[str]) -> int:
     return int(value) if value and value.isdecimal() else -1
 
 
+def _destination(flow: Flow) -> Tuple[str, Optional[str]]:
+    """The destination the listing shows (:meth:`Flow.shown`'s third pair), without the rest."""
+    if flow.nat == "dnat" or flow.nat == "snat+dnat":
+        return flow.rsrc, flow.rsp
+    return flow.odst, flow.odp
+
+
 def sort_key(name: str) -> Callable[[Flow], Any]:
-    """A numeric sort key function for ``-r src|dst|src-port|dst-port|state``."""
+    """The sort key function for ``-r src|dst|src-port|dst-port|state``: numeric, and ties
+    go by the next keys, always in one order: ``dst-port`` is the destination port, then
+    its address, then the source address, its port, then the protocol (and the original
+    destination, which with the rest is the kernel's own unique key). The keys are plain
+    values (marshal-able, for worker processes); the fleet merge (natfleet.aggregate) sorts
+    with this same function.
 
-    def src(flow: Flow) -> Tuple[Tuple[bool, bytes], int]:
-        return address_key(flow.osrc), _port(flow.osp)
+    >>> rows = [Flow.parse("ipv4 2 tcp 6 9 ESTABLISHED src=192.0.2.%d dst=203.0.113.5 "
+    ...     "sport=4000%d dport=443 src=203.0.113.5 dst=198.51.100.1 sport=443 dport=6100%d "
+    ...     "use=1" % (n, n, n), own=()) for n in (9, 2, 5)]
+    >>> [f.osrc for f in sorted(rows, key=sort_key("dst-port"))]
+    ['192.0.2.2', '192.0.2.5', '192.0.2.9']
+    """
+    addr, port = address_key, _port
 
-    def dst(flow: Flow) -> Tuple[Tuple[bool, bytes], int]:
-        d = flow.shown()[2]
-        return address_key(d[0]), _port(d[1])
+    def src(f: Flow) -> Tuple[Any, ...]:
+        daddr, dport = _destination(f)
+        return (addr(f.osrc), port(f.osp), addr(daddr), port(dport), f.pnum, addr(f.odst),
+                port(f.odp))  # fmt: skip
 
-    if name == "dst":
-        return dst
-    if name == "src-port":
-        return lambda f: (_port(f.osp), src(f))
-    if name == "dst-port":
-        return lambda f: (_port(f.shown()[2][1]), dst(f))
-    if name == "state":
-        return lambda f: (f.display_state(), src(f))
-    return src
+    def dst(f: Flow) -> Tuple[Any, ...]:
+        daddr, dport = _destination(f)
+        return (addr(daddr), port(dport), addr(f.osrc), port(f.osp), f.pnum, addr(f.odst),
+                port(f.odp))  # fmt: skip
+
+    def src_port(f: Flow) -> Tuple[Any, ...]:
+        daddr, dport = _destination(f)
+        return (port(f.osp), addr(f.osrc), addr(daddr), port(dport), f.pnum, addr(f.odst),
+                port(f.odp))  # fmt: skip
+
+    def dst_port(f: Flow) -> Tuple[Any, ...]:
+        daddr, dport = _destination(f)
+        return (port(dport), addr(daddr), addr(f.osrc), port(f.osp), f.pnum, addr(f.odst),
+                port(f.odp))  # fmt: skip
+
+    def state(f: Flow) -> Tuple[Any, ...]:
+        return (f.display_state(),) + src(f)
+
+    keys = {"dst": dst, "src-port": src_port, "dst-port": dst_port, "state": state}
+    return keys.get(name, src)
 
 
 class TopCounter(object):
@@ -1481,9 +1669,15 @@ class Tally(object):
     """
 
     def __init__(
-        self, request: Request, own: FrozenSet[str], project: Optional[Project] = None
+        self,
+        request: Request,
+        own: FrozenSet[str],
+        project: Optional[Project] = None,
+        skip: Optional[Tuple[str, str, str, str]] = None,
     ) -> None:
         self.own = own
+        self.skip = skip  # session_skip(): natfleet's own session, left out
+        self.skipped_own = 0
         self.summary = Summary(request.top) if request.mode == "summary" else None
         self.matches = request.matches
         self.project = project
@@ -1499,7 +1693,7 @@ class Tally(object):
     def feed(self, first: int, lines: List[str]) -> None:
         """Parse, classify and count ``lines`` (numbered from ``first``)."""
         own, summary, matches, kept = self.own, self.summary, self.matches, self.kept
-        project = self.project
+        project, skip = self.project, self.skip
         for lineno, line in enumerate(lines, first):
             try:
                 fields = parse_fields(line)
@@ -1510,6 +1704,9 @@ class Tally(object):
                 self.bad += 1
                 if len(self.examples) < MALFORMED_EXAMPLES:
                     self.examples.append({"line": lineno, "text": line[:500]})
+                continue
+            if skip is not None and fields[7:11] == skip and fields[0] == 6:
+                self.skipped_own += 1
                 continue
             nat = nat_kind(fields, own)
             if summary is not None:
@@ -1525,6 +1722,7 @@ class Tally(object):
         else:
             self.kept.extend(state["kept"])
         self.skipped += state["skipped"]
+        self.skipped_own += state["own"]
         self.bad += state["malformed"]["count"]
         examples = self.examples + state["malformed"]["examples"]
         examples.sort(key=lambda ex: ex["line"])
@@ -1533,6 +1731,7 @@ class Tally(object):
     def state(self) -> Json:
         """What this process found, in plain values (marshal-able)."""
         found: Json = {"malformed": self.malformed, "skipped": self.skipped}
+        found["own"] = self.skipped_own
         if self.summary is not None:
             found["summary"] = self.summary.state()
         else:
@@ -1564,17 +1763,20 @@ def scan(
     own: Optional[Iterable[str]] = None,
     expected_flows: Optional[int] = None,
     project: Optional[Project] = None,
-) -> "Tuple[str, Union[Summary, List[Any]], int, Json]":
+    skip: Optional[Tuple[str, str, str, str]] = None,
+) -> "Tuple[str, Union[Summary, List[Any]], int, Json, int]":
     """Walk the table once: (source name, kept Flows or a Summary, table lines read (not
-    counting blank lines and conntrack's count line), malformed).
+    counting blank lines and conntrack's count line), malformed, entries left out as
+    natfleet's own session).
 
-    ``own`` is the box's own addresses (for local vs routed). In list mode the matching
+    ``own`` is the box's own addresses (for local vs routed); ``skip`` the reply tuple of
+    natfleet's own session (:func:`session_skip`), not counted. In list mode the matching
     flows are kept; in summary mode only counters, so memory does not grow with the table.
     A big summary is spread over worker processes (see :func:`workers_for`).
     """
     mine = frozenset(own or ())
     source, stream = open_table(sources)
-    tally = Tally(request, mine, project)
+    tally = Tally(request, mine, project, skip)
     lines = 0
     workers = workers_for(request, expected_flows, project is not None)
     with stream:
@@ -1586,7 +1788,7 @@ def scan(
                 tally.feed(first, block)
                 lines = first + len(block) - 1
     result: Any = tally.summary if tally.summary is not None else tally.kept
-    return source, result, lines - tally.skipped, tally.malformed
+    return source, result, lines - tally.skipped, tally.malformed, tally.skipped_own
 
 
 def _scan_parallel(
@@ -1615,7 +1817,7 @@ def _scan_parallel(
                     os.close(w)
                     os.close(r)
                 os.nice(10)
-                mine = Tally(request, own, project)
+                mine = Tally(request, own, project, tally.skip)
                 with os.fdopen(block_r, "rb") as blocks:
                     for header in blocks:
                         start, size = header.split()
@@ -1767,6 +1969,59 @@ class Summary(object):
 RESOLVER_THREADS = 16
 
 
+def printable(text: str) -> str:
+    r"""``text`` with every unprintable character (controls, DEL, C1, bidi overrides and
+    marks, line separators: :meth:`str.isprintable` false) escaped visibly. The one
+    implementation: natfleet's output layer uses it too.
+
+    >>> printable("nat-a\x1b[2J\u202e\n")
+    'nat-a\\x1b[2J\\u202e\\n'
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
+_HOST_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
+
+
+def is_host_name(name: str) -> bool:
+    r"""A DNS host name (letters, digits, '-', '_', '.'; at most 253) that is not an address.
+
+    >>> is_host_name("www.example"), is_host_name("192.0.2.99"), is_host_name("a\nb")
+    (True, False, False)
+    """
+    if not 0 < len(name) <= 253 or not _HOST_NAME_CHARS.issuperset(name):
+        return False
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return True
+    return False
+
+
+def printable_answer(answer: Json) -> Json:
+    """An answer whose free text (host name, table source, warnings, malformed-line
+    examples, error message) is printable: what a box says is text to show, never terminal
+    control. natfleet's boundary refuses unprintable free text from a box.
+    """
+    for key in ("hostname", "source"):
+        if isinstance(answer.get(key), str):
+            answer[key] = printable(answer[key])
+    if isinstance(answer.get("warnings"), list):
+        answer["warnings"] = [printable(str(w)) for w in answer["warnings"]]
+    malformed = answer.get("malformed")
+    if isinstance(malformed, dict):
+        for example in malformed.get("examples") or ():
+            example["text"] = printable(str(example.get("text", "")))
+    error = answer.get("error")
+    if isinstance(error, dict):
+        error["message"] = printable(str(error.get("message", "")))
+    return answer
+
+
 def resolve_names(addresses: Iterable[Optional[str]], budget: float) -> Dict[str, str]:
     """Reverse-resolve addresses within ``budget`` seconds in all; unresolved are left out.
 
@@ -1788,9 +2043,11 @@ def resolve_names(addresses: Iterable[Optional[str]], budget: float) -> Dict[str
                     return
                 addr = pending.pop()
             try:
-                name = socket.gethostbyaddr(addr)[0]
+                name: Optional[str] = socket.gethostbyaddr(addr)[0]
             except (OSError, UnicodeError):
                 name = None
+            if name is not None and not is_host_name(name):
+                name = None  # a PTR that is no host name (or poses as an address): a number
             with lock:
                 if name:
                     names[addr] = name
@@ -1807,7 +2064,10 @@ def resolve_names(addresses: Iterable[Optional[str]], budget: float) -> Dict[str
 
 
 def run(
-    request: Request, sources: Sources, project: Optional[Project] = None
+    request: Request,
+    sources: Sources,
+    project: Optional[Project] = None,
+    skip_own: bool = False,
 ) -> Tuple[Json, List[Any]]:
     """Serve a validated Request: the answer dict minus rows, and the kept flows (list mode).
 
@@ -1815,12 +2075,20 @@ def run(
     :func:`handle` (which turns them into JSON rows). With ``project(flow) -> (sort key,
     value)`` the listing is a sorted list of those pairs instead, and may use several
     processes; names are not resolved then. A garbled host fact is unknown, with a warning.
+    With ``skip_own`` (the remote agent, :func:`main`) the SSH session it runs under is
+    found (:func:`find_own_session`) and its entry left out: ``own_session`` and
+    ``own_flows`` say so.
     """
     started = time.monotonic()
     warnings: List[str] = []
     facts = host_facts(sources, warnings)
     answer: Json = {"agent": AGENT_VERSION, "ok": True, "warnings": warnings}
     answer.update(facts)
+    session = None
+    if skip_own:
+        session = _fact(warnings, "natfleet's own session", None, find_own_session, sources)
+    answer["own_session"] = session_json(session)
+    answer["own_flows"] = 0
     flows: List[Any] = []
     if request.mode == "info":
         answer["source"] = None
@@ -1829,7 +2097,10 @@ def run(
     own = set(facts["addresses"])
     if not own:
         warnings.append("the box's own addresses are unknown: connections to it show as routed")
-    source, result, lines, malformed = scan(request, sources, own, facts["count"], project)
+    source, result, lines, malformed, own_flows = scan(
+        request, sources, own, facts["count"], project, session_skip(session)
+    )
+    answer["own_flows"] = own_flows
     answer["source"] = source
     answer["lines"] = lines
     answer["malformed"] = malformed
@@ -1883,7 +2154,7 @@ def failure(kind: str, message: str) -> Json:
     >>> failure("bad_request", "top: must be an integer")["error"]["kind"]
     'bad_request'
     """
-    error = {"kind": kind, "message": message[:MESSAGE_MAX]}
+    error = {"kind": kind, "message": printable(message[:MESSAGE_MAX])}
     return {"agent": AGENT_VERSION, "ok": False, "error": error}
 
 
@@ -1895,14 +2166,14 @@ def _failure_for(exc: BaseException) -> Json:
     return failure("agent", "internal error: %s: %s" % (type(exc).__name__, exc))
 
 
-def _serve(data: Any, sources: Sources) -> Tuple[Json, Optional[List[Any]]]:
+def _serve(data: Any, sources: Sources, skip_own: bool = False) -> Tuple[Json, Optional[List[Any]]]:
     """(answer without rows, the flows to list or None) for a request; raises."""
     request = Request(data)
-    answer, flows = run(request, sources)
-    return answer, flows if request.mode == "list" else None
+    answer, flows = run(request, sources, skip_own=skip_own)
+    return printable_answer(answer), flows if request.mode == "list" else None
 
 
-def handle(data: Any, sources: Sources) -> Json:
+def handle(data: Any, sources: Sources, skip_own: bool = False) -> Json:
     """Serve a request dict in-process, rows as a list; never raises: an error is an
     ``{"ok": false, "error": ...}`` answer.
 
@@ -1912,7 +2183,7 @@ def handle(data: Any, sources: Sources) -> Json:
     "top: must be an integer from 1 to 1000, not str 'x'"
     """
     try:
-        answer, flows = _serve(data, sources)
+        answer, flows = _serve(data, sources, skip_own)
         if flows is not None:
             answer["rows"] = [flow.to_json() for flow in flows]
         return answer
@@ -1933,7 +2204,7 @@ def encode(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
-def answer_lines(data: Any, sources: Sources) -> Iterator[str]:
+def answer_lines(data: Any, sources: Sources, skip_own: bool = False) -> Iterator[str]:
     """Serve a request as wire format 2 (docs/json.md): the header line (the answer without
     rows; ``"rows": N`` in list mode), then N row lines; lines have no newline. Never
     raises: a failure is the single failure line. Should a row fail after the header (a bug),
@@ -1949,7 +2220,7 @@ def answer_lines(data: Any, sources: Sources) -> Iterator[str]:
     '{"agent":2,"ok":false,"error":{"kind":"b'
     """
     try:
-        answer, flows = _serve(data, sources)
+        answer, flows = _serve(data, sources, skip_own)
         if flows is not None:
             answer["rows"] = len(flows)
         header = encode(answer)
@@ -2003,13 +2274,14 @@ def write_lines(out: IO[str], lines: Iterable[str], chunk: int = OUT_CHUNK_CHARS
 
 def main(sources: Optional[Sources] = None) -> int:
     """Read one JSON request on stdin, write the wire format 2 answer on stdout; 0, or 1 if
-    stdout was closed before the answer was all written."""
+    stdout was closed before the answer was all written. This is the remote agent: the SSH
+    session it runs under is left out of the answer (see :func:`run`)."""
     try:
         data = read_request(sys.stdin.buffer)
     except AgentError as exc:
         lines: Iterator[str] = iter([encode(_failure_for(exc))])
     else:
-        lines = answer_lines(data, LocalSources("/") if sources is None else sources)
+        lines = answer_lines(data, LocalSources("/") if sources is None else sources, True)
     try:
         write_lines(sys.stdout, lines)
     except (IOError, OSError):  # the reader went away (e.g. natfleet's byte cap): say nothing

@@ -11,26 +11,31 @@ Example:
     ('icmp', 'tests/data/tables/lab-box.txt')
     >>> fleet_total(api.read_fleet(targets, api.summary_request()))["snat"]
     15
+    >>> fleet_total([]) is None                    # no box answered: no total at all
+    True
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from natfleet.agent import Flow, sort_key
 from natfleet.answer import PortPressure
 from natfleet.models import HostError, HostResult, Target
+from natfleet.output import Column
 
 Outcome = Union[HostResult, HostError]
 INCIDENT = ("insert_failed", "drop", "early_drop")
 
 
 def target_json(target: Target) -> dict[str, Any]:
-    """How a row names its box: ``{"label", "name", "instance_id", "host"}``."""
+    """How a row names its box: ``{"label", "short_label", "name", "instance_id", "host"}``
+    (``label`` ``Name (i-0abc)``, ``short_label`` the Name, else the ID)."""
     return {
         "label": target.label,
+        "short_label": target.short_label,
         "name": target.name,
         "instance_id": target.instance_id,
         "host": target.host or target.path or None,
@@ -75,99 +80,153 @@ def error_record(error: HostError) -> dict[str, Any]:
     }
 
 
-def _top(pairs: Sequence[tuple[str, int]], n: int = 1) -> str:
-    return ", ".join(f"{a} ({c})" for a, c in list(pairs)[:n])
-
-
 def _states(by_state: dict[str, int], n: int = 3) -> str:
     top = sorted(by_state.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
     return ", ".join(f"{k} {v}" for k, v in top)
 
 
-def pressure_text(pressure: Sequence[PortPressure]) -> str:
-    """The worst (NAT address, destination) port use.
+def pressure_text(record: Mapping[str, Any]) -> Optional[str]:
+    """The table cell of the worst port pressure: ``pct (ports) nat_ip->dst:dport/proto``.
 
-    >>> pressure_text([PortPressure("198.51.100.11", "203.0.113.5", 443, "tcp", 593, 2.1)])
-    '2.1% (593) 198.51.100.11->203.0.113.5:443/tcp'
+    >>> pressure_text(pressure_fields([PortPressure("198.51.100.11", "203.0.113.5", 443,
+    ...                                             "tcp", 593, 2.1)]))
+    '2.10% (593) 198.51.100.11->203.0.113.5:443/tcp'
     """
-    if not pressure:
-        return "-"
-    p = pressure[0]
-    pct = "?" if p.pct is None else f"{p.pct:.1f}%"
-    dst = f"[{p.dst}]" if ":" in p.dst else p.dst
-    return f"{pct} ({p.ports}) {p.nat_ip}->{dst}:{p.dport}/{p.proto}"
+    if record.get("pressure_ports") is None:
+        return None
+    pct = record.get("pressure_pct")
+    shown = "?" if pct is None else f"{pct:.2f}%"
+    dst = record["pressure_dst"]
+    dst = f"[{dst}]" if ":" in dst else dst
+    return (
+        f"{shown} ({record['pressure_ports']}) {record['pressure_nat_ip']}->{dst}:"
+        f"{record['pressure_dport']}/{record['pressure_proto']}"
+    )
 
 
-def _drops(stats: Optional[dict[str, int]]) -> str:
-    return "/".join(str(stats.get(k, "?")) for k in INCIDENT) if stats else "?"
-
-
-def summary_record(result: Outcome) -> dict[str, Any]:
-    """One box's summary row (or its error), flat for tables and CSV."""
-    where = target_json(result.target)
-    if isinstance(result, HostError):
-        return {"host": where["label"], "error": f"{result.kind}: {result.message}"}
-    answer = result.answer
-    s = answer.summary
-    if s is None:  # not a summary answer: only its facts
-        return {"host": where["label"], "max": answer.facts.max, "error": ""}
-    by_nat = s.by_nat
+def pressure_fields(pressure: Sequence[PortPressure]) -> dict[str, Any]:
+    """The worst (NAT address, destination) port use as plain fields (None when none)."""
+    p = pressure[0] if pressure else None
     return {
-        "host": where["label"],
-        "flows": s.flows,
-        "max": answer.facts.max,
-        "fill_pct": s.fill_pct,
-        "tcp_snat_est": s.tcp_snat_established,
-        "snat": by_nat["snat"] + by_nat["snat+dnat"],
-        "dnat": by_nat["dnat"] + by_nat["snat+dnat"],
-        "local": by_nat["local"],
-        "routed": by_nat["routed"],
-        "states": _states(s.by_state),
-        "drops": _drops(answer.facts.stats),
-        "port_pressure": pressure_text(s.port_pressure),
-        "top_source": _top(s.top_sources),
-        "top_destination": _top(s.top_destinations),
-        "malformed": answer.malformed.count,
-        "error": "",
+        "pressure_nat_ip": p.nat_ip if p else None,
+        "pressure_dst": p.dst if p else None,
+        "pressure_dport": p.dport if p else None,
+        "pressure_proto": p.proto if p else None,
+        "pressure_ports": p.ports if p else None,
+        "pressure_pct": p.pct if p else None,
     }
 
 
+def _top_text(record: Mapping[str, Any], key: str) -> Optional[str]:
+    address = record.get(key)
+    return None if not address else f"{address} ({record.get(key + '_flows')})"
+
+
+def _drops(stats: Optional[dict[str, int]]) -> dict[str, Optional[int]]:
+    """insert_failed, drop, early_drop (None when unknown) and ``drops``, their sum."""
+    found = {k: (stats.get(k) if stats else None) for k in INCIDENT}
+    known = [v for v in found.values() if v is not None]
+    return {**found, "drops": sum(known) if known else None}
+
+
+def summary_record(result: Outcome) -> dict[str, Any]:
+    """One box's summary row of plain values (tables and CSV), or its error row.
+
+    ``drops`` is insert_failed + drop + early_drop; ``pressure_*`` the worst port pressure;
+    ``top_source``/``top_destination`` an address and ``*_flows`` its flows."""
+    where = target_json(result.target)
+    record: dict[str, Any] = {"target": where["label"], "short_label": where["short_label"]}
+    if isinstance(result, HostError):
+        return {**record, "error": f"{result.kind}: {result.message}", "error_kind": result.kind}
+    answer = result.answer
+    s = answer.summary
+    record["max"] = answer.facts.max
+    if s is None:  # not a summary answer: only its facts
+        return record
+    by_nat = s.by_nat
+    top_src = s.top_sources[0] if s.top_sources else (None, None)
+    top_dst = s.top_destinations[0] if s.top_destinations else (None, None)
+    record.update(
+        flows=s.flows,
+        fill_pct=s.fill_pct,
+        tcp_snat_est=s.tcp_snat_established,
+        snat=by_nat["snat"] + by_nat["snat+dnat"],
+        dnat=by_nat["dnat"] + by_nat["snat+dnat"],
+        local=by_nat["local"],
+        routed=by_nat["routed"],
+        states=_states(s.by_state),
+        **_drops(answer.facts.stats),
+        **pressure_fields(s.port_pressure),
+        top_source=top_src[0],
+        top_source_flows=top_src[1],
+        top_destination=top_dst[0],
+        top_destination_flows=top_dst[1],
+        malformed=answer.malformed.count,
+    )
+    return record
+
+
 SUMMARY_COLUMNS = (
-    "host",
-    "flows",
-    "fill_pct",
-    "tcp_snat_est",
-    "snat",
-    "dnat",
-    "local",
-    "routed",
-    "states",
-    "drops",
-    "port_pressure",
-    "top_source",
-    "top_destination",
-    "error",
+    Column("target", "HOST", short="short_label"),
+    Column("flows", "FLOWS", kind="int"),
+    Column("max", "MAX", wide=True, kind="int"),
+    Column("fill_pct", "FILL", kind="pct"),
+    Column("tcp_snat_est", "TCP EST", kind="int"),
+    Column("snat", "SNAT", kind="int"),
+    Column("dnat", "DNAT", kind="int"),
+    Column("local", "LOCAL", wide=True, kind="int"),
+    Column("routed", "ROUTED", wide=True, kind="int"),
+    Column("states", "STATES", wide=True, csv=False),
+    Column("drops", "DROPS", kind="int"),
+    Column("insert_failed", "INSERT FAILED", wide=True, kind="int"),
+    Column("drop", "DROP", wide=True, kind="int"),
+    Column("early_drop", "EARLY DROP", wide=True, kind="int"),
+    Column("pressure_pct", "PORT PRESSURE", shrink=True, kind="pct", cell=pressure_text),
+    Column("pressure_ports", "PRESSURE PORTS", table=False),
+    Column("pressure_nat_ip", "PRESSURE NAT IP", table=False),
+    Column("pressure_dst", "PRESSURE DST", table=False),
+    Column("pressure_dport", "PRESSURE DPORT", table=False),
+    Column("pressure_proto", "PRESSURE PROTO", table=False),
+    Column("top_source", "TOP SOURCE", shrink=True, cell=lambda r: _top_text(r, "top_source")),
+    Column("top_source_flows", "TOP SOURCE FLOWS", table=False),
+    Column(
+        "top_destination",
+        "TOP DESTINATION",
+        wide=True,
+        shrink=True,
+        cell=lambda r: _top_text(r, "top_destination"),
+    ),
+    Column("top_destination_flows", "TOP DESTINATION FLOWS", table=False),
+    Column("malformed", "MALFORMED", wide=True, kind="int"),
+    Column("failed", "FAILED", wide=True, kind="int"),
+    Column("error", "ERROR", shrink=True),
+    Column("error_kind", "ERROR KIND", table=False),
 )
 
 
-def fleet_total(results: Sequence[Outcome]) -> dict[str, Any]:
-    """The fleet row: sums of flows and NAT kinds and drops, the fullest table, the worst
-    port pressure, the busiest source across boxes."""
+def fleet_total(results: Sequence[Outcome]) -> Optional[dict[str, Any]]:
+    """The fleet row: sums of flows, NAT kinds and drops, the fullest table, the worst port
+    pressure, the busiest source across boxes; None when no box answered (a total of
+    nothing is not "0 flows")."""
     ok = [r for r in results if isinstance(r, HostResult) and r.answer.summary is not None]
-    total: dict[str, Any] = {"host": f"TOTAL ({len(ok)}/{len(results)} boxes)"}
+    if not ok:
+        return None
+    label = f"TOTAL ({len(ok)}/{len(results)})"
+    total: dict[str, Any] = {"target": label, "short_label": label}
     records = [summary_record(r) for r in ok]
     for key in ("flows", "tcp_snat_est", "snat", "dnat", "local", "routed", "malformed"):
         total[key] = sum(rec[key] for rec in records)
+    maxes = [rec["max"] for rec in records if rec.get("max") is not None]
+    total["max"] = sum(maxes) if len(maxes) == len(records) else None
     fills = [rec["fill_pct"] for rec in records if rec["fill_pct"] is not None]
     total["fill_pct"] = max(fills) if fills else None
-    known = [r.answer.facts.stats for r in ok if r.answer.facts.stats]
-    total["drops"] = (
-        "/".join(str(sum(stats.get(k, 0) for stats in known)) for k in INCIDENT) if known else "?"
-    )
+    for key in (*INCIDENT, "drops"):
+        known = [rec[key] for rec in records if rec.get(key) is not None]
+        total[key] = sum(known) if known else None
     summaries = [r.answer.summary for r in ok if r.answer.summary is not None]
     worst = [p for s in summaries for p in s.port_pressure[:1]]
-    worst.sort(key=lambda p: -p.ports)
-    total["port_pressure"] = pressure_text(worst)
+    worst.sort(key=lambda p: (-p.ports, p.nat_ip, p.dst, p.dport, p.proto))
+    total.update(pressure_fields(worst))
     sources: dict[str, int] = {}
     states: dict[str, int] = {}
     for s in summaries:
@@ -175,30 +234,86 @@ def fleet_total(results: Sequence[Outcome]) -> dict[str, Any]:
             sources[addr] = sources.get(addr, 0) + count
         for k, v in s.by_state.items():
             states[k] = states.get(k, 0) + v
-    total["top_source"] = _top(sorted(sources.items(), key=lambda kv: (-kv[1], kv[0])))
+    top = sorted(sources.items(), key=lambda kv: (-kv[1], kv[0]))[:1]
+    total["top_source"], total["top_source_flows"] = top[0] if top else (None, None)
     total["states"] = _states(states)
-    total["top_destination"] = ""
-    failed = len(results) - len(ok)
-    total["error"] = f"{failed} failed" if failed else ""
+    total["failed"] = len(results) - len(ok)
     return total
 
 
+def box_json(result: HostResult) -> dict[str, Any]:
+    """An answering box in JSON: its target, its checked answer (docs/json.md) and what
+    reading it cost (``transport``: ``seconds``, ``bytes_received``)."""
+    transport = {"seconds": round(result.seconds, 3), "bytes_received": result.bytes_received}
+    return {"target": target_json(result.target), **result.answer.to_json(), "transport": transport}
+
+
+def box_meta(result: HostResult) -> dict[str, Any]:
+    """A listing box in conns' JSON ``boxes``: its target, table facts and counts, the
+    rows it sent, its names, malformed lines and warnings."""
+    answer, facts = result.answer, result.answer.facts
+    return {
+        "target": target_json(result.target),
+        "hostname": facts.hostname,
+        "source": facts.source,
+        "count": facts.count,
+        "max": facts.max,
+        "lines": answer.lines,
+        "matched": answer.matched,
+        "rows": len(answer.flows),
+        "names": dict(answer.names),
+        "malformed": answer.malformed.count,
+        "warnings": list(answer.warnings),
+        "seconds": round(result.seconds, 3),
+    }
+
+
 def summary_json(results: Sequence[Outcome]) -> dict[str, Any]:
-    """The documented JSON of ``natfleet summary``: every box's checked answer, and the total."""
-    boxes = []
-    for result in results:
-        if isinstance(result, HostError):
-            boxes.append(error_record(result))
-            continue
-        transport = {
-            "seconds": round(result.seconds, 3),
-            "bytes_received": result.bytes_received,
-        }
-        boxes.append(
-            {
-                "target": target_json(result.target),
-                **result.answer.to_json(),
-                "transport": transport,
-            }
-        )
-    return {"boxes": boxes, "total": fleet_total(results)}
+    """The JSON parts of ``natfleet summary`` (the envelope's ``rows``, ``errors`` and
+    ``total``): every answering box's checked answer, the failed boxes, and the fleet
+    total (None when no box answered)."""
+    return {
+        "total": fleet_total(results),
+        "rows": [box_json(r) for r in results if isinstance(r, HostResult)],
+        "errors": [error_record(r) for r in results if isinstance(r, HostError)],
+    }
+
+
+COUNTS_PER_BOX = 10  # more boxes than this: only the fleet line
+
+
+def in_use(label: str, count: Optional[int], size: Optional[int]) -> str:
+    """One ASA-style count line.
+
+    >>> in_use("nflab-box1", 27, 262144), in_use("nat-b", 5, None)
+    ('nflab-box1: 27 in use of 262,144', 'nat-b: 5 in use')
+    """
+    line = f"{label}: {count or 0:,} in use"
+    return line + (f" of {size:,}" if size else "")
+
+
+def count_lines(results: Sequence[Outcome]) -> list[str]:
+    """ASA-style table counts above a terminal's table: one line per answering box (up to
+    :data:`COUNTS_PER_BOX` boxes) and a fleet line for two or more; none when no box
+    answered. A box's count is its ``nf_conntrack_count`` (else the lines it read)."""
+    ok = [r for r in results if isinstance(r, HostResult)]
+    if not ok:
+        return []
+    pairs = []
+    for r in ok:
+        facts = r.answer.facts
+        pairs.append((r.target.short_label, _count(r), facts.max))
+    lines = [in_use(*pair) for pair in pairs] if len(ok) <= COUNTS_PER_BOX else []
+    if len(results) > 1:
+        sizes = [size for _, _, size in pairs]
+        size = sum(s for s in sizes if s) if all(sizes) else None
+        fleet = in_use("fleet", sum(c for _, c, _ in pairs), size)
+        failed = len(results) - len(ok)
+        fleet += f" on {len(ok)} boxes" + (f" ({failed} failed)" if failed else "")
+        lines.append(fleet)
+    return lines
+
+
+def _count(result: HostResult) -> int:
+    facts = result.answer.facts
+    return facts.count if facts.count is not None else result.answer.lines

@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import re
@@ -50,7 +49,6 @@ TEXT_CAP = 1000  # characters kept of a free-text field (warnings, malformed exa
 MESSAGE_CAP = 2000  # characters kept of a box's error message
 NAME_CAP = 253  # a DNS name
 LIST_CAP = 100_000  # entries in any list or dict of a header
-_NAME_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})$")
 _KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _IFACE_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 _STATE_KEY_RE = re.compile(r"^[a-z0-9]{1,10}:[A-Z_0-9]{1,20}$")
@@ -90,6 +88,17 @@ class HostFacts:
     port_range: Optional[tuple[int, int]] = None  # ip_local_port_range
     addresses: tuple[str, ...] = ()
     ena: dict[str, dict[str, int]] = field(default_factory=dict)  # iface -> ENA counters
+
+
+@dataclass(frozen=True)
+class OwnSession:
+    """natfleet's own SSH session as the box's conntrack entry sees it (original tuple)."""
+
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    proto: str = "tcp"
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,8 @@ class Answer:
     summary: Optional[Summary] = None
     flows: list[Flow] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)
+    own_session: Optional[OwnSession] = None  # natfleet's own SSH session on the box
+    own_flows: int = 0  # entries left out of counts and rows: that session
 
     def to_json(self) -> dict[str, Any]:
         """The box's answer as natfleet prints it in JSON (docs/json.md), without rows."""
@@ -173,6 +184,8 @@ class Answer:
             "warnings": list(self.warnings),
             "seconds": self.seconds,
             "executor": self.executor,
+            "own_session": vars(self.own_session).copy() if self.own_session else None,
+            "own_flows": self.own_flows,
         }
         if self.summary is not None:
             data["summary"] = self.summary.to_json()
@@ -226,10 +239,21 @@ def _opt_str(value: Any, path: str, cap: int = NAME_CAP) -> Optional[str]:
 
 
 def _text(value: Any, path: str, cap: int = TEXT_CAP) -> str:
-    """Free text a box may say anything in (escaped on output): kept up to ``cap``."""
+    """Free text (a warning, a malformed line's example, an error message): printable, as
+    the agent writes it (agent.printable_answer), and kept up to ``cap`` characters."""
     if not isinstance(value, str):
         raise _bad(path, "a string", value)
+    if not value.isprintable():
+        raise _bad(path, "printable text (the agent escapes what is not)", value)
     return value if len(value) <= cap else value[:cap] + f"... ({len(value) - cap} more)"
+
+
+def _name(value: Any, path: str, cap: int = NAME_CAP) -> Optional[str]:
+    """A host name or table source: printable, at most ``cap`` characters, or null."""
+    text = _opt_str(value, path, cap)
+    if text is not None and not text.isprintable():
+        raise _bad(path, "printable text (the agent escapes what is not)", text)
+    return text
 
 
 def _list(value: Any, path: str, cap: int = LIST_CAP) -> list[Any]:
@@ -302,8 +326,8 @@ def check_facts(data: dict[str, Any]) -> HostFacts:
             for k, v in _dict(counters, f"ena.{name}", 64).items()
         }
     return HostFacts(
-        hostname=_opt_str(data.get("hostname"), "hostname"),
-        source=_opt_str(data.get("source"), "source", 4096),
+        hostname=_name(data.get("hostname"), "hostname"),
+        source=_name(data.get("source"), "source", 4096),
         count=_opt_int(data.get("count"), "count", 0, U32),
         max=_opt_int(data.get("max"), "max", 0, U32),
         stats=None if stats is None else _counts(stats, "stats", _KEY_RE, "a counter name"),
@@ -354,6 +378,21 @@ def check_summary(data: Any) -> Summary:
         top_error=_int(s.get("top_error", 0), "summary.top_error"),
         port_range_size=_opt_int(s.get("port_range_size"), "summary.port_range_size", 0, 65536),
         port_pressure=tuple(pressure),
+    )
+
+
+def check_own_session(data: Any) -> Optional[OwnSession]:
+    """The agent's ``own_session`` (null when it found none)."""
+    if data is None:
+        return None
+    d = _dict(data, "own_session", 8)
+    if d.get("proto") != "tcp":
+        raise _bad("own_session.proto", "tcp", d.get("proto"))
+    return OwnSession(
+        src=_addr(d.get("src"), "own_session.src"),
+        sport=_int(d.get("sport"), "own_session.sport", 0, 65535),
+        dst=_addr(d.get("dst"), "own_session.dst"),
+        dport=_int(d.get("dport"), "own_session.dport", 0, 65535),
     )
 
 
@@ -565,34 +604,20 @@ _FLOW_KEYS = frozenset(
 )  # fmt: skip
 
 
-def check_names(data: Any, flows: Sequence[Flow]) -> tuple[dict[str, str], int]:
-    """A box's reverse lookups, kept only for addresses in its own rows and only when they
-    look like host names (never like an address): (names, how many were refused)."""
+def check_names(data: Any, flows: Sequence[Flow]) -> dict[str, str]:
+    """A box's reverse lookups: host names (never an address) for addresses of its own
+    rows, as the agent sends them; anything else is an AnswerError (one box cannot name
+    another box's addresses)."""
     names = _dict(data, "names")
     wanted: set[str] = set()
     for flow in flows:
         wanted.update((flow.osrc, flow.odst, flow.rsrc, flow.rdst))
-    kept: dict[str, str] = {}
-    refused = 0
     for addr, name in names.items():
-        if (
-            addr in wanted
-            and isinstance(name, str)
-            and _NAME_RE.fullmatch(name)
-            and not _is_ip(name)
-        ):
-            kept[addr] = name
-        else:
-            refused += 1
-    return kept, refused
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+        if addr not in wanted:
+            raise _bad("names", "names for addresses of the box's own rows", addr)
+        if not isinstance(name, str) or not agent.is_host_name(name):
+            raise _bad(f"names.{addr}", "a host name", name)
+    return dict(names)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -738,13 +763,9 @@ class AnswerReader:
             _text(w, "warnings[]") for w in _list(data.get("warnings", []), "warnings", 100)
         ]
         names: dict[str, str] = {}
-        if self.resolve and data.get("names") is not None:
-            names, refused = check_names(data["names"], self._flows)
-            if refused:
-                warnings.append(
-                    f"{refused} name(s) the box sent were not used (not for its own rows, "
-                    "or not a host name)"
-                )
+        if data.get("names") is not None:
+            checked = check_names(data["names"], self._flows)
+            names = checked if self.resolve else {}  # only what natfleet asked for
         summary = None
         if self.mode == "summary":
             summary = check_summary(data.get("summary"))
@@ -762,6 +783,8 @@ class AnswerReader:
             summary=summary,
             flows=self._flows,
             names=names,
+            own_session=check_own_session(data.get("own_session")),
+            own_flows=_int(data.get("own_flows", 0), "own_flows", 0, U32),
         )
 
 

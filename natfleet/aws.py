@@ -13,10 +13,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import difflib
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 import boto3
+import botocore
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -27,8 +29,9 @@ from botocore.exceptions import (
     PartialCredentialsError,
     ProfileNotFound,
 )
+from botocore.parsers import ResponseParserError
 
-from natfleet.errors import AwsError
+from natfleet.errors import AwsError, UsageError
 
 RETRY_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 10})
 
@@ -156,6 +159,12 @@ def translate(exc: Exception, action: str = "", region: str = "") -> AwsError:
         if code == "OptInRequired":
             return AwsError(f"region{where or ''} is not enabled for this account: skip it")
         return AwsError(f"{action or exc.operation_name}{where} failed: {code}: {message}")
+    if isinstance(exc, ResponseParserError):
+        return AwsError(
+            f"{action or 'AWS call'}{where} failed: the endpoint's answer is not AWS's API "
+            "(an error page?): check the region name (--region), AWS_ENDPOINT_URL if set, "
+            "and any proxy"
+        )
     if isinstance(exc, BotoCoreError):
         return AwsError(f"{action or 'AWS call'}{where} failed: {exc}")
     return AwsError(str(exc))
@@ -166,7 +175,7 @@ def translated(action: str = "", region: str = "") -> Iterator[None]:
     """Turn botocore exceptions raised inside the block into :class:`AwsError`."""
     try:
         yield
-    except (BotoCoreError, ClientError) as exc:
+    except (BotoCoreError, ClientError, ResponseParserError) as exc:
         raise translate(exc, action, region) from exc
 
 
@@ -220,7 +229,48 @@ def resolve_regions(session: boto3.Session, regions: Optional[Sequence[str]] = N
     if any(r == "all" for r in wanted):
         return list_regions(session)
     if wanted:
+        for name in wanted:
+            check_region(session, name)
         return list(dict.fromkeys(wanted))
     if not session.region_name:
         raise AwsError(NO_REGION)
+    check_region(session, session.region_name, where="")
     return [session.region_name]
+
+
+def known_regions(session: boto3.Session) -> list[str]:
+    """Every EC2 region of every partition this botocore knows (aws, aws-cn, aws-us-gov, ...),
+    from its bundled endpoint data: no AWS call.
+
+    Example:
+        >>> "eu-west-1" in known_regions(session), "mars-1" in known_regions(session)
+        (True, False)
+    """
+    found: set[str] = set()
+    for partition in session.get_available_partitions():
+        found.update(session.get_available_regions("ec2", partition_name=partition))
+    return sorted(found)
+
+
+def check_region(session: boto3.Session, name: str, where: str = "--region") -> None:
+    """Raise a clear error for a region name AWS does not have (``--region mars-1``), before
+    any call is made: a UsageError for ``--region``, an AwsError for the profile's or
+    AWS_REGION's.
+
+    Example:
+        >>> check_region(session, "us-est-1")
+        Traceback (most recent call last):
+        natfleet.errors.UsageError: --region 'us-est-1': unknown AWS region: did you mean ...
+    """
+    known = known_regions(session)
+    if not known or name in known:
+        return
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+    hint = f": did you mean {near[0]!r}?" if near else ""
+    origin = f"{where} {name!r}" if where else f"region {name!r} (AWS_REGION or the profile)"
+    message = (
+        f"{origin}: unknown AWS region{hint} (botocore {botocore.__version__} knows "
+        f"{len(known)}, e.g. us-east-1, eu-west-1; --region all scans every enabled one; "
+        "a region newer than your boto3 needs 'pip install -U boto3')"
+    )
+    raise UsageError(message) if where else AwsError(message)

@@ -21,7 +21,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import boto3
 
@@ -94,6 +94,62 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 
 
+Show = Callable[[str], None]  # shows one line of progress (a terminal's status line)
+
+
+def batch_count(queries: int) -> int:
+    """GetMetricData calls (batches of at most 500 queries) for ``queries`` queries.
+
+    Example:
+        >>> batch_count(14), batch_count(500), batch_count(501)
+        (1, 1, 2)
+    """
+    return -(-queries // MAX_QUERIES)
+
+
+class FetchProgress:
+    """What a CloudWatch fetch has done so far, told to ``show`` as one line of text at the
+    start, after every page and after every batch.
+
+    Example:
+        >>> progress = FetchProgress(2, print)
+        CloudWatch: 0/2 batches
+        >>> progress.page(1440)
+        CloudWatch: 0/2 batches, 1 page, 1,440 points
+        >>> progress.batch_done()
+        CloudWatch: 1/2 batches, 1 page, 1,440 points
+    """
+
+    def __init__(self, batches: int, show: Optional[Show]) -> None:
+        self.batches, self.show = batches, show
+        self.done = self.pages = self.points = 0
+        self._tell()
+
+    @classmethod
+    def for_groups(cls, sizes: Iterable[int], show: Optional[Show]) -> FetchProgress:
+        """Progress over groups of ``sizes`` queries (one fetch per group)."""
+        return cls(sum(batch_count(n) for n in sizes), show)
+
+    def page(self, points: int) -> None:
+        self.pages += 1
+        self.points += points
+        self._tell()
+
+    def batch_done(self) -> None:
+        self.done += 1
+        self._tell()
+
+    def text(self) -> str:
+        line = f"CloudWatch: {self.done}/{self.batches} batches"
+        if self.pages:
+            line += f", {self.pages} page{'s' if self.pages != 1 else ''}, {self.points:,} points"
+        return line
+
+    def _tell(self) -> None:
+        if self.show is not None:
+            self.show(self.text())
+
+
 @dataclass(frozen=True)
 class MetricQuery:
     """One series to fetch: ``namespace``/``metric``/``statistic`` of one resource.
@@ -130,14 +186,29 @@ class Window:
 
     @classmethod
     def from_options(
-        cls, since: str = "3h", until: Optional[str] = None, period: Optional[str] = None
+        cls,
+        since: str = "3h",
+        until: Optional[str] = None,
+        period: Optional[str] = None,
+        now: Optional[dt.datetime] = None,
     ) -> Window:
         """From ``--since --until --period`` text (see :func:`parse_time`,
-        :func:`parse_period`; the period chosen by :func:`choose_period` when None);
-        raises UsageError. Times are cut to whole seconds, as JSON shows them."""
-        start = parse_since(since).replace(microsecond=0)
-        end = parse_time(until).replace(microsecond=0)
-        return cls(start, end, parse_period(period) or choose_period(start, end))
+        :func:`parse_period`; the period chosen by :func:`choose_period` when None), both
+        times relative to the same ``now``. Times are cut to whole seconds, as JSON shows
+        them; an end after ``now`` is ``now`` (CloudWatch has nothing later).
+
+        Raises UsageError for a window that starts in the future or ends before it starts:
+
+            >>> Window.from_options("1h", "2h")
+            Traceback (most recent call last):
+            natfleet.errors.UsageError: the window ends before it starts: --until ... is ...
+        """
+        now = (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
+        start = parse_since(since, now).replace(microsecond=0)
+        end = parse_time(until, now).replace(microsecond=0)
+        check_window(start, end, now, since, until)
+        end = min(end, now)
+        return cls(start, end, parse_period(period) or choose_period(start, end, now))
 
     @property
     def seconds(self) -> float:
@@ -215,6 +286,34 @@ def parse_time(text: Optional[str], now: Optional[dt.datetime] = None) -> dt.dat
     return when.astimezone(dt.timezone.utc)
 
 
+def check_window(
+    start: dt.datetime,
+    end: dt.datetime,
+    now: dt.datetime,
+    since: str = "",
+    until: Optional[str] = None,
+) -> None:
+    """UsageError unless ``start`` is before ``now`` and before ``end`` (the option texts
+    ``since`` and ``until`` are named in the message).
+
+    Example:
+        >>> check_window(NOW, NOW - dt.timedelta(hours=1), NOW, "2024-05-01T12:00Z", "1h")
+        Traceback (most recent call last):
+        natfleet.errors.UsageError: the window ends before it starts: --until 1h is ...
+    """
+    if start >= now:
+        raise UsageError(
+            f"the window lies in the future: --since {since} is {iso_time(start)}, "
+            f"after now ({iso_time(now)}); CloudWatch has no data there"
+        )
+    if end <= start:
+        shown = until if until is not None else "now"
+        raise UsageError(
+            f"the window ends before it starts: --until {shown} is {iso_time(end)}, "
+            f"not after --since {since} ({iso_time(start)})"
+        )
+
+
 def parse_since(text: str, now: Optional[dt.datetime] = None) -> dt.datetime:
     """``--since``: see :func:`parse_time` (``parse_since("3h")`` is three hours ago)."""
     return parse_time(text, now)
@@ -281,9 +380,11 @@ def fetch(
     start: dt.datetime,
     end: dt.datetime,
     period: int,
+    progress: Optional[FetchProgress] = None,
 ) -> list[MetricSeries]:
     """One :class:`MetricSeries` per query, in query order: batches of <= 500 queries,
-    every ``NextToken`` page, window aligned to ``period``.
+    every ``NextToken`` page, window aligned to ``period``; each page and batch told to
+    ``progress``.
 
     Example:
         >>> fetch(cw, gateway_queries(["nat-0abc"]), start, end, 60)[0].metric
@@ -305,10 +406,12 @@ def fetch(
             EndTime=end,
             ScanBy="TimestampAscending",
         ):
+            points = 0
             for result in page.get("MetricDataResults", []):
                 target = series[int(result["Id"][1:])]
                 target.timestamps.extend(result.get("Timestamps", []))
                 target.values.extend(float(v) for v in result.get("Values", []))
+                points += len(result.get("Values", []))
                 if result.get("StatusCode") in ("InternalError", "Forbidden"):
                     messages = "; ".join(m.get("Value", "") for m in result.get("Messages", []))
                     log.warning(
@@ -318,6 +421,10 @@ def fetch(
                         target.metric,
                         messages or "no detail",
                     )
+            if progress is not None:
+                progress.page(points)
+        if progress is not None:
+            progress.batch_done()
     for s in series:
         if s.timestamps:
             pairs = sorted(zip(s.timestamps, s.values), key=lambda p: p[0])
@@ -333,10 +440,12 @@ def gateway_metrics(
     start: dt.datetime,
     end: dt.datetime,
     period: Optional[int] = None,
+    progress: Optional[FetchProgress] = None,
 ) -> list[MetricSeries]:
     """Every ``AWS/NATGateway`` metric of ``gateway_ids`` in ``region`` (see :func:`fetch`)."""
     cw = aws.client(session, "cloudwatch", region)
-    return fetch(cw, gateway_queries(gateway_ids), start, end, period or choose_period(start, end))
+    queries = gateway_queries(gateway_ids)
+    return fetch(cw, queries, start, end, period or choose_period(start, end), progress)
 
 
 def instance_metrics(
@@ -371,11 +480,13 @@ def gateway_rows(
     sessions: Mapping[Optional[str], boto3.Session],
     gateways: Iterable[Device],
     window: Window,
+    show: Optional[Show] = None,
 ) -> list[dict[str, Any]]:
     """One row per NAT gateway (keys :data:`GATEWAY_ROW_KEYS`): :func:`gateway_summary`
     with its name, region, VPC and the window; one GetMetricData batch per (profile,
     region), ``sessions`` keyed by profile (None: the default chain). Devices that are not
-    gateways are skipped.
+    gateways are skipped. ``show`` gets a line of progress (:class:`FetchProgress`) as the
+    fetch goes.
 
     Example:
         >>> gateway_rows({None: session}, [Device("gateway", "nat-0abc", "us-east-1")],
@@ -383,8 +494,12 @@ def gateway_rows(
         1234.0
     """
     members = [d for d in gateways if d.kind == "gateway"]
+    groups = by_profile_region(members)
+    progress = FetchProgress.for_groups(
+        (len(group) * len(NATGW_METRICS) for group in groups.values()), show
+    )
     rows = []
-    for (profile, region), group in by_profile_region(members).items():
+    for (profile, region), group in groups.items():
         series = gateway_metrics(
             sessions[profile],
             region,
@@ -392,6 +507,7 @@ def gateway_rows(
             window.start,
             window.end,
             window.period,
+            progress,
         )
         by_id = {g.id: g for g in group}
         for row in gateway_summary(series, window.start, window.end):

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +28,12 @@ import boto3
 from natfleet import aws, cloudwatch
 from natfleet.aggregate import INCIDENT
 from natfleet.answer import Summary
-from natfleet.cloudwatch import MetricQuery, Window
+from natfleet.cloudwatch import FetchProgress, MetricQuery, Show, Window
 from natfleet.config import Prices
 from natfleet.discovery import DEAD_STATES
 from natfleet.errors import NatfleetError
 from natfleet.models import Device, HostError, HostResult, MetricSeries
-from natfleet.output import safe
+from natfleet.output import iso_time, safe
 
 Outcome = Union[HostResult, HostError]
 Metrics = Mapping[str, Mapping[str, MetricSeries]]  # resource id -> metric name -> series
@@ -85,7 +86,7 @@ PLOT_SERIES = {
         ("bytes_out", "BytesOutToDestination"),
         ("bytes_in", "BytesInFromDestination"),
         ("drops", "PacketsDropCount"),
-        ("drops", "ErrorPortAllocation"),
+        ("port_errors", "ErrorPortAllocation"),
     ),
     "instance": (
         ("connections", CWAGENT_CONNECTIONS),
@@ -93,12 +94,34 @@ PLOT_SERIES = {
         ("bytes_in", "NetworkIn"),
     ),
 }
+# (panel, title, y axis label, values per second): one subplot each, in this order.
 PLOT_PANELS = (
-    ("connections", "active TCP connections"),
-    ("bytes_out", "bytes out per period"),
-    ("bytes_in", "bytes in per period"),
-    ("drops", "gateway drops / port errors"),
+    (
+        "connections",
+        "connections: gateway ActiveConnectionCount (max per period), instance fck-nat "
+        "ConnectionEstablishedCount;\nlarge marker at the end: the agent's TCP SNAT "
+        "ESTABLISHED now",
+        "connections",
+        False,
+    ),
+    (
+        "bytes_out",
+        "bytes out: gateway BytesOutToDestination, instance NetworkOut (whole ENI)",
+        "bytes/s",
+        True,
+    ),
+    (
+        "bytes_in",
+        "bytes in: gateway BytesInFromDestination, instance NetworkIn (whole ENI)",
+        "bytes/s",
+        True,
+    ),
+    ("drops", "gateway PacketsDropCount (sum per period)", "packets per period", False),
+    ("port_errors", "gateway ErrorPortAllocation (sum per period)", "errors per period", False),
 )
+PLOT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+PLOT_LINESTYLES = ("-", "--", "-.", ":")
+PLOT_LOG_SPAN = 100  # a panel whose values span more than this factor gets a log scale
 PLOT_HINT = "--plot needs matplotlib: pip install 'natfleet[plot]'"
 
 
@@ -123,19 +146,24 @@ def metric_queries(devices: Iterable[Device]) -> list[MetricQuery]:
 
 
 def fetch_metrics(
-    sessions: Mapping[Optional[str], boto3.Session], devices: Iterable[Device], window: Window
+    sessions: Mapping[Optional[str], boto3.Session],
+    devices: Iterable[Device],
+    window: Window,
+    show: Optional[Show] = None,
 ) -> dict[str, dict[str, MetricSeries]]:
-    """``{device id: {metric: series}}`` for every device, one batch per (profile, region)."""
+    """``{device id: {metric: series}}`` for every device, one batch per (profile, region);
+    ``show`` gets a line of progress as the fetch goes."""
     measured = [d for d in devices if d.kind in ("instance", "gateway")]
+    groups = {
+        key: metric_queries(members)
+        for key, members in cloudwatch.by_profile_region(measured).items()
+    }
+    progress = FetchProgress.for_groups((len(q) for q in groups.values()), show)
     out: dict[str, dict[str, MetricSeries]] = {}
-    for (profile, region), members in cloudwatch.by_profile_region(measured).items():
+    for (profile, region), queries in groups.items():
         cw = aws.client(sessions[profile], "cloudwatch", region)
-        queries = metric_queries(members)
-        out.update(
-            cloudwatch.by_resource(
-                cloudwatch.fetch(cw, queries, window.start, window.end, window.period)
-            )
-        )
+        series = cloudwatch.fetch(cw, queries, window.start, window.end, window.period, progress)
+        out.update(cloudwatch.by_resource(series))
     return out
 
 
@@ -167,17 +195,18 @@ def compare(
     results: Sequence[Outcome],
     prices: Prices,
     window: Window,
+    show: Optional[Show] = None,
 ) -> Comparison:
     """NAT instances and gateways side by side: the CloudWatch series of ``devices`` over
     ``window`` (``sessions`` keyed by profile, None the default chain), the agents'
     summaries in ``results`` (read with :data:`AGENT_REQUEST`; ``[]`` when nothing was
-    read), and ``prices``.
+    read), and ``prices``; ``show`` gets a line of progress during the CloudWatch fetch.
 
     Example:
         >>> compare({None: session}, devices, [], Prices(), Window.from_options("1d")).rows[0]["id"]
         'nat-0abc'
     """
-    metrics = fetch_metrics(sessions, devices, window)
+    metrics = fetch_metrics(sessions, devices, window, show)
     rows = compare_rows(devices, metrics, results, prices, window)
     return Comparison(window, prices, rows, metrics)
 
@@ -464,6 +493,17 @@ def _base(
     return row
 
 
+def _top(ax: Any) -> float:
+    """The largest value drawn on ``ax`` (0 when nothing is)."""
+    return max((float(v) for line in ax.get_lines() for v in line.get_ydata()), default=0.0)
+
+
+def _wide_span(ax: Any) -> bool:
+    """Whether the positive values drawn on ``ax`` span more than :data:`PLOT_LOG_SPAN`."""
+    values = [v for line in ax.get_lines() for v in line.get_ydata() if v > 0]
+    return bool(values) and max(values) / min(values) > PLOT_LOG_SPAN
+
+
 def _with_data(series: Mapping[str, MetricSeries], resource_id: str) -> list[MetricSeries]:
     """The device's series, or one empty series so that the summaries still give a row."""
     return list(series.values()) or [MetricSeries(resource_id, "", "")]
@@ -475,6 +515,27 @@ def _with_data(series: Mapping[str, MetricSeries], resource_id: str) -> list[Met
 def _plot_label(text: str) -> str:
     """A legend label: escaped, and ``$`` kept from starting matplotlib's mathtext."""
     return safe(text).replace("$", r"\$")
+
+
+def plot_style(index: int, color: str) -> dict[str, Any]:
+    """The line style of the ``index``-th device: its color, a marker and a dash pattern
+    of its own, so identical series still tell apart.
+
+    Example:
+        >>> plot_style(1, "C1")["marker"], plot_style(1, "C1")["linestyle"]
+        ('s', '--')
+    """
+    return {
+        "color": color,
+        "marker": PLOT_MARKERS[index % len(PLOT_MARKERS)],
+        "linestyle": PLOT_LINESTYLES[index % len(PLOT_LINESTYLES)],
+        "markevery": (0.025 * (index % 4), 0.1),  # markers of equal series side by side
+        "markersize": 5,
+    }
+
+
+def _short_label(row: Mapping[str, Any]) -> str:
+    return str(row.get("name") or row["id"])
 
 
 def pyplot() -> Any:
@@ -490,38 +551,88 @@ def pyplot() -> Any:
 
 
 def write_plot(path: str, rows: Sequence[dict[str, Any]], metrics: Metrics, window: Window) -> None:
-    """Draw the compared series of every row over the window into ``path`` (PNG).
-
-    Instances' connections now (agent) are single points at the window's end.
+    """Draw :func:`plot_figure` into ``path`` (PNG).
 
     Example:
         >>> write_plot("compare.png", rows, metrics, window)
     """
     plt = pyplot()
-    fig, axes = plt.subplots(len(PLOT_PANELS), 1, sharex=True, figsize=(11, 10))
-    panel = {name: ax for (name, _), ax in zip(PLOT_PANELS, axes)}
-    for row in rows:
-        series = metrics.get(row["id"], {})
-        for name, metric in PLOT_SERIES[row["kind"]]:
-            s = series.get(metric)
-            if s is not None and s.has_data:
-                label = _plot_label(f"{row['label']} {metric}")
-                panel[name].plot(s.timestamps, s.values, label=label)
-        if row["kind"] == "instance" and row.get("conns_now") is not None:
-            label = _plot_label(f"{row['label']} TCP SNAT ESTABLISHED now")
-            panel["connections"].scatter([window.end], [row["conns_now"]], label=label)
-    for (_, title), ax in zip(PLOT_PANELS, axes):
-        ax.set_title(title, fontsize=10)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper left")
-        else:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    axes[-1].set_xlim(window.start, window.end)
-    fig.autofmt_xdate()
-    fig.tight_layout()
+    fig = plot_figure(rows, metrics, window)
     try:
         fig.savefig(Path(path))
     except OSError as exc:
         raise NatfleetError(f"cannot write the plot {path}: {exc.strerror or exc}") from exc
     finally:
         plt.close(fig)
+
+
+def plot_figure(rows: Sequence[dict[str, Any]], metrics: Metrics, window: Window) -> Any:
+    """The compared series of every row over the window, as a matplotlib figure: one
+    subplot per panel of :data:`PLOT_PANELS` (drops and port errors apart), times in UTC,
+    a color, marker and dash pattern per device (the same in every panel), bytes as bytes
+    per second, a log scale where gateways and instances differ by orders of magnitude.
+    An instance's connection count over time is the CloudWatch agent's series (fck-nat);
+    the agent's count now is a large hollow marker at the window's end.
+
+    Example:
+        >>> [ax.get_ylabel() for ax in plot_figure(rows, metrics, window).axes][-1]
+        'errors per period'
+    """
+    plt = pyplot()
+    from matplotlib import dates, ticker
+
+    fig, axes = plt.subplots(len(PLOT_PANELS), 1, sharex=True, figsize=(14, 15))
+    panel = {name: ax for (name, *_), ax in zip(PLOT_PANELS, axes)}
+    per_second = {name: rate for name, _, _, rate in PLOT_PANELS}
+    for index, row in enumerate(rows):
+        style = plot_style(index, f"C{index % 10}")
+        series = metrics.get(row["id"], {})
+        for name, metric in PLOT_SERIES[row["kind"]]:
+            s = series.get(metric)
+            if s is None or not s.has_data:
+                continue
+            scale = 1.0 / (s.period or window.period) if per_second[name] else 1.0
+            values = [v * scale for v in s.values]
+            label = _plot_label(f"{_short_label(row)} {metric}")
+            panel[name].plot(s.timestamps, values, label=label, drawstyle="steps-post", **style)
+        if row["kind"] == "instance" and row.get("conns_now") is not None:
+            label = _plot_label(f"{_short_label(row)} TCP SNAT ESTABLISHED now (agent)")
+            panel["connections"].plot(
+                [window.end],
+                [row["conns_now"]],
+                linestyle="none",
+                marker=style["marker"],
+                markersize=11,
+                markerfacecolor="none",
+                markeredgewidth=2,
+                color=style["color"],
+                label=label,
+                clip_on=False,
+            )
+    for (_, title, unit, rate), ax in zip(PLOT_PANELS, axes):
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.grid(True, alpha=0.3)
+        log = _wide_span(ax)
+        if log:
+            ax.set_yscale("symlog", linthresh=1)
+        top = _top(ax)
+        ax.set_ylim(0, top * 3 if log else top * 1.1 or 1)
+        ax.set_ylabel(f"{unit} (log)" if log else unit)
+        if rate:
+            ax.yaxis.set_major_formatter(ticker.EngFormatter(unit="B/s", sep=""))
+        elif not log:
+            ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    utc = dt.timezone.utc
+    axes[-1].set_xlim(window.start, window.end)
+    axes[-1].xaxis.set_major_formatter(dates.DateFormatter("%Y-%m-%d %H:%M", tz=utc))
+    axes[-1].set_xlabel(
+        f"time (UTC), {iso_time(window.start)} to {iso_time(window.end)}, "
+        f"{window.period} s per point"
+    )
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig

@@ -134,7 +134,10 @@ def find_config(explicit: Optional[str] = None) -> Optional[Path]:
             return path
     base = _env("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     default = Path(base) / "natfleet" / "config.toml"
-    return default if default.is_file() else None
+    try:
+        return default if default.is_file() else None
+    except OSError as exc:  # e.g. a ~/.config/natfleet folder this user may not enter
+        raise ConfigError(f"{default}: cannot read: {exc.strerror or exc}") from None
 
 
 def load_config(explicit: Optional[str] = None) -> Config:

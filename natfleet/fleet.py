@@ -123,11 +123,14 @@ def run_fleet(
 ) -> list[Outcome]:
     """Run ``request`` on every target, ``options.parallel`` at a time; results in target
     order. A target still running ``GRACE_SECONDS`` past its deadline becomes a ``timeout``
-    HostError and the run moves on. ``progress(done, total, failed)`` follows each target.
+    HostError and the run moves on. ``progress(done, total, failed)`` is called at the start
+    (0 done) and after each target.
     """
     total = len(targets)
     if total == 0:
         return []
+    if progress:
+        progress(0, total, 0)  # said from the start: nothing is pending unannounced
     if total == 1 and targets[0].kind != "ssh":
         # one local or file target: run it here, so the agent may fork summary workers
         # (it only does so in a process without other threads)

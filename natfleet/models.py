@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -60,6 +61,21 @@ class Target:
         if self.instance_id and self.name and self.name != self.instance_id:
             return printable(f"{self.name} ({self.instance_id})")
         return printable(self.name or self.instance_id or self.host)
+
+    @property
+    def short_label(self) -> str:
+        """What a compact table and netstat text show: the Name, else the instance ID, else
+        the host; a dump file's name without its folder (the full :attr:`label` is in
+        ``--wide`` and JSON), escaped.
+
+        >>> Target("nat-a", instance_id="i-0abc").short_label, Target("", instance_id="i-1").label
+        ('nat-a', 'i-1')
+        >>> Target("/var/tmp/nat-a.txt", kind="file", path="/var/tmp/nat-a.txt").short_label
+        'nat-a.txt'
+        """
+        if self.kind == "file" and self.path and self.name == self.path:
+            return printable(os.path.basename(self.path) or self.path)
+        return printable(self.name or self.instance_id or self.host or self.path or "")
 
 
 @dataclass

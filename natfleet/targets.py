@@ -20,8 +20,11 @@ import socket
 from collections.abc import Iterable, Sequence
 from typing import Callable, Optional
 
-from natfleet.errors import UsageError
+from natfleet.errors import TableError, UsageError
 from natfleet.models import HostError, Target
+
+SNIFF_LINES = 20  # --input: a file none of whose first lines is a conntrack entry is refused
+SNIFF_BYTES = 64 * 1024
 
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 # A DNS name or an ~/.ssh/config alias: letters, digits, '.', '-', '_' (as OpenSSH accepts).
@@ -110,10 +113,73 @@ def local_target() -> Target:
 
 def input_target(path: str) -> Target:
     """A saved conntrack dump (``/proc/net/nf_conntrack`` or ``conntrack -L`` text); '-' is
-    stdin."""
-    if path != "-" and not os.path.isfile(path):
-        raise UsageError(f"--input {path!r}: no such file")
+    stdin (read as it comes, so not checked here). A file that is not a conntrack table is
+    refused (:func:`check_table_file`)."""
+    if path != "-":
+        if not os.path.isfile(path):
+            raise UsageError(f"--input {path!r}: no such file")
+        check_table_file(path)
     return Target(name="stdin" if path == "-" else path, host="", kind="file", path=path)
+
+
+def check_table_file(path: str, where: str = "--input") -> None:
+    """Raise TableError when none of the first SNIFF_LINES non-blank lines of ``path`` looks
+    like a conntrack entry (``/etc/passwd``, a gzip file, a log). A damaged table (entries
+    that do not parse) passes: its malformed lines are counted and reported when read. An
+    empty file is an empty table; a file that cannot be opened is left to the reader.
+
+    >>> check_table_file("tests/data/tables/lab-box.txt")
+    >>> check_table_file("pyproject.toml")
+    Traceback (most recent call last):
+    ...
+    natfleet.errors.TableError: --input 'pyproject.toml': not a conntrack table (none of its \
+first 20 lines is a /proc/net/nf_conntrack or 'conntrack -L' entry; line 1: '[build-system]')
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(SNIFF_BYTES)
+    except OSError:
+        return
+    lines = head.decode("ascii", "replace").splitlines()
+    if len(head) == SNIFF_BYTES and len(lines) > 1:
+        lines.pop()  # cut by the read: not judged
+    judged: list[tuple[int, str]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or (line.startswith("conntrack v") and "flow entries" in line):
+            continue
+        if _table_like(line):
+            return
+        judged.append((number, line))
+        if len(judged) == SNIFF_LINES:
+            break
+    if judged:
+        number, first = judged[0]
+        shown = first if len(first) <= 80 else first[:80] + "..."
+        raise TableError(
+            f"{where} {path!r}: not a conntrack table (none of its first {len(judged)} lines "
+            f"is a /proc/net/nf_conntrack or 'conntrack -L' entry; line {number}: {shown!r})"
+        )
+
+
+def _table_like(line: str) -> bool:
+    """A conntrack entry, or what is left of one: ``ipv4 2 tcp 6 ... src=... dst=...``.
+
+    >>> _table_like("tcp      6 431999 ESTABLISHED src=192.0.2.1 dst=203.0.113.5 sport=1 dport=x")
+    True
+    >>> _table_like("root:x:0:0:root:/root:/bin/bash")
+    False
+    """
+    from natfleet.agent import PROTO_NUMBERS, parse_fields
+
+    try:
+        parse_fields(line)
+        return True
+    except ValueError:
+        pass
+    words = line.split(None, 1)
+    first = words[0] if words else ""
+    known = first in ("ipv4", "ipv6") or first in PROTO_NUMBERS or first.isdecimal()
+    return known and " src=" in line and " dst=" in line
 
 
 def _unique(targets: Iterable[Target]) -> list[Target]:

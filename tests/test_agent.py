@@ -62,7 +62,8 @@ def test_malformed_line_is_counted_and_reported(path):
     assert answer["malformed"]["count"] == 1
     example = answer["malformed"]["examples"][0]
     assert example["line"] == 2
-    assert example["text"] == text.rstrip("\n")
+    assert example["text"] == agent.printable(text.rstrip("\n"))  # escaped by the agent
+    assert example["text"].isprintable()
     assert len(answer["rows"]) == 2
 
 
@@ -626,11 +627,13 @@ def test_summary_and_info_are_the_header_alone(mode):
     assert ("summary" in header) == (mode == "summary")
 
 
-def test_text_from_the_box_is_escaped_to_ascii():
+def test_text_from_the_box_is_printable_and_ascii():
+    """The box's own text is sent printable (controls and bidi escaped visibly, which the
+    laptop's boundary requires) and ASCII-only on the wire (JSON escapes)."""
     sources = agent.DumpSources({agent.HOSTNAME_PATH: "nat-\u00e9\u202e\x1b[2J\n"})
     raw = list(agent.answer_lines({"mode": "info"}, sources))[0]
-    assert "\\u00e9\\u202e\\u001b[2J" in raw
-    assert json.loads(raw)["hostname"] == "nat-\u00e9\u202e\x1b[2J"
+    assert raw.isascii() and "\\u00e9" in raw
+    assert json.loads(raw)["hostname"] == "nat-\u00e9\\u202e\\x1b[2J"
 
 
 def test_a_non_finite_number_is_never_written(monkeypatch):
@@ -885,7 +888,9 @@ def test_bytes_that_are_not_text_on_stdin_are_malformed_lines():
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert b"1 malformed conntrack line(s) skipped (of 3 read" in done.stdout
+    notice = b"1 malformed conntrack line(s) skipped (of 3 read"
+    assert (done.stdout + done.stderr).count(notice) == 1  # said once, where it is said
+    assert done.stdout.count(b"203.0.113.5:443") == 2  # both good lines listed
 
 
 def test_every_row_of_the_fixture_lines_passes_the_boundary():
@@ -983,3 +988,216 @@ def test_a_bad_request_reaches_the_laptop_as_that_error(monkeypatch):
         reader.finish()
     assert getattr(caught.value, "kind", None) == "bad_request"
     assert "top: must be an integer" in str(caught.value)
+
+
+# --------------------------------------------------------------------------- own session
+
+OWN_SESSION = DATA / "own-session"  # a box seen from an agent run by sudo under sshd
+SESSION = {"src": "198.19.255.1", "sport": 41704, "dst": "198.19.255.11", "dport": 22}
+ALL_KINDS = {"mode": "list", "filters": {"nat": list(agent.NAT_KINDS)}}
+
+
+def _session_copy(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    shutil.copytree(OWN_SESSION, root, symlinks=True)
+    return root
+
+
+def _entries(root: Path) -> list[str]:
+    return (root / "proc/net/nf_conntrack").read_text().splitlines()
+
+
+def _kept(answer: dict) -> set:
+    return {(r["proto"], r["orig"]["src"], r["orig"].get("sport")) for r in answer["rows"]}
+
+
+def test_the_remote_agent_leaves_out_the_ssh_session_it_runs_under():
+    sources = agent.LocalSources(str(OWN_SESSION))
+    answer = agent.handle(ALL_KINDS, sources, skip_own=True)
+    assert answer["own_session"] == {**SESSION, "proto": "tcp"}
+    assert answer["own_flows"] == 1
+    assert answer["matched"] == len(answer["rows"]) == len(_entries(OWN_SESSION)) - 1
+    kept = _kept(answer)
+    assert ("tcp", SESSION["src"], SESSION["sport"]) not in kept
+    assert ("udp", SESSION["src"], SESSION["sport"]) in kept  # the same ports, but not TCP
+    assert ("tcp", SESSION["src"], 41650) in kept  # an earlier session's TIME_WAIT stays
+    assert ("tcp", SESSION["src"], 41680) in kept  # another session, someone else's
+    summary = agent.handle({"mode": "summary"}, sources, skip_own=True)
+    assert summary["own_flows"] == 1
+    assert summary["summary"]["flows"] == len(_entries(OWN_SESSION)) - 1
+    from_mgmt = sum(f"src={SESSION['src']} " in line for line in _entries(OWN_SESSION))
+    assert dict(map(tuple, summary["summary"]["top_sources"]))[SESSION["src"]] == from_mgmt - 1
+
+
+def test_in_process_callers_count_everything_and_say_no_session():
+    for request in (ALL_KINDS, {"mode": "summary"}, {"mode": "info"}):
+        answer = agent.handle(request, agent.LocalSources(str(OWN_SESSION)))
+        assert (answer["own_session"], answer["own_flows"]) == (None, 0)
+    answer = agent.handle(ALL_KINDS, agent.LocalSources(str(OWN_SESSION)))
+    assert len(answer["rows"]) == len(_entries(OWN_SESSION))
+
+
+def test_main_is_the_remote_agent_and_says_what_it_left_out(monkeypatch):
+    _status, text = _main(
+        monkeypatch, json.dumps(ALL_KINDS).encode(), agent.LocalSources(str(OWN_SESSION))
+    )
+    header, *rows = [json.loads(line) for line in text.splitlines()]
+    assert header["own_session"] == {**SESSION, "proto": "tcp"} and header["own_flows"] == 1
+    assert header["rows"] == len(rows) == len(_entries(OWN_SESSION)) - 1
+    reader = answer_module.AnswerReader("fixture", ALL_KINDS, cap=1 << 20)
+    reader.feed(text.encode("ascii"))
+    assert len(reader.finish().flows) == len(rows)  # the boundary takes the new header keys
+
+
+def test_the_session_is_the_socket_the_sshd_serves_not_one_it_forwards(tmp_path):
+    root = _session_copy(tmp_path)
+    # the session's sshd also holds a forwarded connection: 198.19.255.11:45000 -> :9000
+    (root / "proc/4238/fd/9").symlink_to("socket:[470100]")
+    with open(root / "proc/net/tcp", "a") as tcp:
+        tcp.write(
+            "   5: 0BFF13C6:AFC8 0A0112C6:2328 01 00000000:00000000 00:00000000 00000000     0"
+            "        0 470100 1 0000000000000000 20 4 30 10 -1\n"
+        )
+    assert agent.find_own_session(agent.LocalSources(str(root))) == (
+        SESSION["dst"], 22, SESSION["src"], SESSION["sport"]
+    )  # fmt: skip
+    # two sessions it serves: which one is this agent's cannot be told
+    (root / "proc/4238/fd/10").symlink_to("socket:[466001]")
+    assert agent.find_own_session(agent.LocalSources(str(root))) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["no-sshd", "garbled-stat", "parent-loop", "no-tcp-table", "sshd-without-socket"],
+)
+def test_no_session_to_tell_leaves_every_entry_in(tmp_path, change):
+    root = _session_copy(tmp_path)
+    proc = root / "proc"
+    if change == "no-sshd":  # e.g. run by hand under a terminal multiplexer
+        for pid in ("4238", "4230", "812"):
+            stat = proc / pid / "stat"
+            stat.write_text(stat.read_text().replace("(sshd)", "(tmux: server)"))
+    elif change == "garbled-stat":
+        (proc / "4239/stat").write_text("4239 sh S\n")
+    elif change == "parent-loop":  # the walk ends, whatever /proc says
+        (proc / "4239/stat").write_text("4239 (sh) S 4242 4239 4239 0\n")
+    elif change == "no-tcp-table":
+        (proc / "net/tcp").unlink()
+    else:
+        for pid in ("4238", "4230"):
+            shutil.rmtree(proc / pid / "fd")
+    answer = agent.handle(ALL_KINDS, agent.LocalSources(str(root)), skip_own=True)
+    assert answer["ok"] is True and answer["warnings"] == []
+    assert (answer["own_session"], answer["own_flows"]) == (None, 0)
+    assert len(answer["rows"]) == len(_entries(root))
+
+
+def test_an_ipv6_session_is_found_in_tcp6():
+    local, remote = "2001:db8:ff::11", "2001:db8:ff::1"
+
+    def word_hex(addr: str) -> str:  # /proc/net/tcp6: each 32-bit word in host byte order
+        raw = ipaddress.ip_address(addr).packed
+        return "".join(
+            f"{int.from_bytes(raw[i : i + 4], sys.byteorder):08X}" for i in range(0, 16, 4)
+        )
+
+    line = (
+        f"ipv6     10 tcp      6 431999 ESTABLISHED src={remote} dst={local} sport=50022 "
+        f"dport=22 src={local} dst={remote} sport=22 dport=50022 [ASSURED] mark=0 zone=0 use=2"
+    )
+    files = {
+        "/proc/self/stat": "77 (python3) S 70 77 77 0\n",
+        "/proc/70/stat": "70 (sshd-session) S 1 70 70 0\n",
+        "/proc/70/fd/3": "socket:[9001]",
+        "/proc/net/tcp6": (
+            "  sl  local_address remote_address st tx_queue rx_queue tr tm->when retrnsmt uid "
+            "timeout inode\n"
+            f"   0: {word_hex(local)}:0016 {word_hex(remote)}:C366 01 00000000:00000000 "
+            "00:00000000 00000000 0 0 9001 1 0 20 4 30 10 -1\n"
+        ),
+        agent.TABLE_PROC: line + "\n" + line.replace("50022", "50023") + "\n",
+    }
+    answer = agent.handle(ALL_KINDS, agent.DumpSources(files), skip_own=True)
+    assert answer["own_session"] == {
+        "src": remote, "sport": 50022, "dst": local, "dport": 22, "proto": "tcp"
+    }  # fmt: skip
+    assert answer["own_flows"] == 1 and [r["orig"]["sport"] for r in answer["rows"]] == [50023]
+
+
+def test_tcp_addresses_in_host_byte_order():
+    packed = bytes([198, 19, 255, 11])
+    word = f"{int.from_bytes(packed, sys.byteorder):08X}"
+    assert agent.parse_tcp_address(word + ":0016") == ("198.19.255.11", 22)
+    for bad in ("0BFF13C6", "0BFF13C6:16", "0BFF13G6:0016", "0BFF13:0016", ":0016"):
+        with pytest.raises(ValueError):
+            agent.parse_tcp_address(bad)
+
+
+# --------------------------------------------------------------------------- sort ties
+
+TIES = DATA / "sort-ties.txt"  # entries equal on one key or more, in no order
+
+
+def _sorted_tuples(sort: str, lines: list[str]) -> list[tuple]:
+    table = agent.DumpSources({agent.TABLE_PROC: "".join(lines)})
+    rows = agent.handle({**ALL_KINDS, "sort": sort}, table)["rows"]
+    return [json.dumps(r, sort_keys=True) for r in rows]
+
+
+@pytest.mark.parametrize("sort", agent.SORT_KEYS)
+def test_every_sort_orders_ties_the_same_whatever_the_table_order(sort):
+    lines = TIES.read_text().splitlines(True)
+    first = _sorted_tuples(sort, lines)
+    shuffler = random.Random(7)
+    for _ in range(20):
+        shuffler.shuffle(lines)
+        assert _sorted_tuples(sort, lines) == first
+
+
+def _key_of(row: dict, name: str):
+    flow = agent.Flow.from_json(row)
+    (saddr, sport), _nat, (daddr, dport) = flow.shown()
+    src = (agent.address_key(saddr), int(sport or -1))
+    dst = (agent.address_key(daddr), int(dport or -1))
+    return {
+        "src": src + dst + (flow.pnum,),
+        "dst": dst + src + (flow.pnum,),
+        "src-port": (src[1], src[0]) + dst + (flow.pnum,),
+        "dst-port": (dst[1], dst[0]) + src + (flow.pnum,),
+        "state": (flow.display_state(),) + src + dst + (flow.pnum,),
+    }[name]
+
+
+@pytest.mark.parametrize("sort", agent.SORT_KEYS)
+def test_ties_go_by_the_next_keys(sort):
+    """dst-port, then the destination address, the source address, its port, the protocol
+    (and likewise for every key): checked pair by pair against that order."""
+    rows = agent.handle(
+        {**ALL_KINDS, "sort": sort}, agent.DumpSources({agent.TABLE_PROC: TIES.read_text()})
+    )["rows"]
+    keys = [_key_of(row, sort) for row in rows]
+    assert keys == sorted(keys)
+    firsts = [k[0] for k in keys]
+    assert len(set(firsts)) < len(firsts)  # the table has ties on the first key
+    nexts = [k[:2] for k in keys]
+    assert len(set(nexts)) < len(nexts)  # and on the first two
+
+
+@pytest.mark.parametrize("sort", agent.SORT_KEYS)
+def test_the_fleet_merge_orders_ties_like_one_box(sort):
+    """natfleet.aggregate sorts every box's rows with agent.sort_key: two boxes holding
+    halves of one table merge into the order one box with the whole table gives."""
+    from natfleet.aggregate import merge_flows
+    from natfleet.models import HostResult, Target
+
+    lines = TIES.read_text().splitlines(True)
+    request = {**ALL_KINDS, "sort": sort}
+
+    def box(name: str, part: list[str]) -> HostResult:
+        answer = agent.handle(request, agent.DumpSources({agent.TABLE_PROC: "".join(part)}))
+        return HostResult(Target(name=name), answer_module.check_answer(name, request, answer))
+
+    merged = merge_flows([box("a", lines[1::2]), box("b", lines[::2])], sort=sort)
+    assert [json.dumps(f.to_json(), sort_keys=True) for f in merged.flows] == _sorted_tuples(
+        sort, lines
+    )

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from natfleet.aggregate import fleet_total, merge_flows, summary_json, summary_record
+from natfleet.aggregate import (
+    count_lines,
+    fleet_total,
+    merge_flows,
+    summary_json,
+    summary_record,
+)
 from natfleet.answer import check_answer
 from natfleet.models import HostError, HostResult, Target
 from tests.boxes import answer
@@ -38,10 +44,14 @@ def test_total_sums_boxes_and_counts_failures():
     ok = result("a", "summary")
     failed = HostError(Target(name="b", host="198.51.100.8"), "refused", kind="connect")
     total = fleet_total([ok, ok, failed])
-    assert total["flows"] == 22
-    assert total["drops"] == "36/2/8"  # insert_failed/drop/early_drop summed over the boxes
-    assert total["error"] == "1 failed"
+    assert total is not None and total["flows"] == 22
+    stats = ok.answer.facts.stats or {}
+    for key in ("insert_failed", "drop", "early_drop"):  # each its own plain column
+        assert total[key] == 2 * stats[key]
+    assert total["drops"] == 2 * sum(stats[k] for k in ("insert_failed", "drop", "early_drop"))
+    assert total["failed"] == 1 and total["target"] == "TOTAL (2/3)"
     assert summary_record(failed)["error"] == "connect: refused"
+    assert summary_record(failed)["error_kind"] == "connect"
     record = summary_record(ok)
     assert (record["snat"], record["dnat"]) == (
         ok.answer.summary.by_nat["snat"] + ok.answer.summary.by_nat["snat+dnat"],
@@ -49,8 +59,39 @@ def test_total_sums_boxes_and_counts_failures():
     )
 
 
+def test_no_box_answered_is_no_total_and_no_counts():
+    failed = HostError(Target(name="b", host="198.51.100.8"), "refused", kind="connect")
+    assert fleet_total([failed, failed]) is None and count_lines([failed, failed]) == []
+
+
+def test_summary_record_is_plain_values_with_the_worst_pressure_split():
+    ok = result("a", "summary")
+    record = summary_record(ok)
+    for value in record.values():
+        assert value is None or isinstance(value, (str, int, float)), value
+    worst = ok.answer.summary.port_pressure[0]
+    assert (record["pressure_nat_ip"], record["pressure_dst"], record["pressure_dport"]) == (
+        worst.nat_ip, worst.dst, worst.dport)  # fmt: skip
+    assert (record["pressure_ports"], record["pressure_pct"]) == (worst.ports, worst.pct)
+    address, flows = ok.answer.summary.top_sources[0]
+    assert (record["top_source"], record["top_source_flows"]) == (address, flows)
+    assert record["fill_pct"] == ok.answer.summary.fill_pct
+
+
+def test_counts_are_asa_style_per_box_and_for_the_fleet():
+    a, b = result("a", "summary"), result("b", "summary")
+    facts = a.answer.facts
+    lines = count_lines([a, b])
+    assert lines[0] == f"a: {facts.count:,} in use of {facts.max:,}"
+    assert lines[-1] == f"fleet: {2 * facts.count:,} in use of {2 * facts.max:,} on 2 boxes"
+    assert count_lines([a]) == lines[:1]  # one box: no fleet line
+
+
 def test_summary_json_is_the_checked_answer():
     ok = result("a", "summary")
-    data = summary_json([ok])
-    assert data["boxes"][0]["summary"] == answer("summary")["summary"]
-    assert data["boxes"][0]["target"]["name"] == "a" and data["total"]["flows"] == 11
+    failed = HostError(Target(name="b", host="198.51.100.8"), "refused", kind="connect")
+    data = summary_json([ok, failed])
+    assert data["rows"][0]["summary"] == answer("summary")["summary"]
+    assert data["rows"][0]["target"]["name"] == "a" and data["total"]["flows"] == 11
+    assert data["rows"][0]["target"]["short_label"] == "a"
+    assert [e["kind"] for e in data["errors"]] == ["connect"]

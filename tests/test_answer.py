@@ -168,15 +168,38 @@ def test_ok_false_keeps_a_known_kind_and_caps_the_message():
 def test_names_apply_only_to_the_boxs_own_rows_and_only_when_asked():
     honest = answer("list")
     own = honest["rows"][0]["orig"]["dst"]
-    honest["names"] = {
-        own: "www.example",
-        "203.0.113.250": "not-in-my-rows.example",  # another box's address
-        honest["rows"][0]["orig"]["src"]: "192.0.2.99",  # a name that poses as an address
-    }
-    asked = read(wire(honest), {"mode": "list", "resolve": True})
-    assert asked.names == {own: "www.example"}
-    assert "2 name(s) the box sent were not used" in asked.warnings[-1]
+    honest["names"] = {own: "www.example"}
+    assert read(wire(honest), {"mode": "list", "resolve": True}).names == {own: "www.example"}
     assert read(wire(honest), {"mode": "list", "resolve": False}).names == {}
+    for names, words in (
+        ({"203.0.113.250": "not-in-my-rows.example"}, "names: expected names for addresses"),
+        ({own: "192.0.2.99"}, "a host name"),  # a name posing as an address
+        ({own: "evil\x1b[2J"}, "a host name"),
+    ):
+        honest["names"] = names
+        with pytest.raises(AnswerError, match=words):
+            read(wire(honest), {"mode": "list", "resolve": True})
+
+
+@pytest.mark.parametrize("field", ["hostname", "source", "warnings", "malformed", "error"])
+def test_free_text_must_be_printable_as_the_agent_writes_it(field):
+    from natfleet import agent
+
+    bad = "x\x1b]52;c;SGVsbG8=\x07\u202e\nnflab-box1 tcp"
+    data = answer("summary")
+    if field == "error":
+        data = {"agent": 2, "ok": False, "error": {"kind": "agent", "message": bad}}
+    elif field == "warnings":
+        data["warnings"] = [bad]
+    elif field == "malformed":
+        data["malformed"] = {"count": 1, "examples": [{"line": 1, "text": bad}]}
+    else:
+        data[field] = bad
+    with pytest.raises(AnswerError, match="printable text"):
+        read(wire(data), SUMMARY)
+    cleaned = read(wire(agent.printable_answer(data)), SUMMARY) if field != "error" else None
+    if cleaned is not None:  # the agent's own escaping makes the same text acceptable
+        assert "\\x1b" in json.dumps(cleaned.to_json())
 
 
 def test_check_row_canonicalises_and_copies():
@@ -209,3 +232,21 @@ def test_every_real_line_survives_the_boundary_unchanged(path):
     assert [f.display_state() for f in checked.flows] == [
         agent.Flow.from_json(row).display_state() for row in honest["rows"]
     ]
+
+
+def test_own_session_is_checked_and_kept():
+    honest = answer("summary")
+    honest["own_session"] = {
+        "src": "198.19.255.1", "sport": 40000, "dst": "198.19.255.11", "dport": 22, "proto": "tcp"
+    }  # fmt: skip
+    honest["own_flows"] = 1
+    checked = read(wire(honest), SUMMARY)
+    assert checked.own_flows == 1 and checked.own_session.dport == 22
+    assert checked.to_json()["own_session"] == honest["own_session"]
+    honest["own_session"]["proto"] = "udp"
+    with pytest.raises(AnswerError, match="own_session.proto"):
+        read(wire(honest), SUMMARY)
+    honest["own_session"] = None
+    honest["own_flows"] = -1
+    with pytest.raises(AnswerError, match="own_flows"):
+        read(wire(honest), SUMMARY)

@@ -339,6 +339,42 @@ def test_window_from_options_and_json(base):
         cloudwatch.Window.from_options("3h", period="90")
 
 
+@pytest.mark.parametrize(
+    "since, until, message",
+    [
+        ("1h", "2h", r"ends before it starts: --until 2h is 2024-05-01T10:00:00Z, not after"),
+        ("2024-05-01T11:00Z", "2024-05-01T11:00Z", "ends before it starts"),  # empty
+        ("2024-05-01T10:00Z", "2024-05-01T09:59Z", "ends before it starts"),
+        ("2024-05-02T00:00Z", None, r"lies in the future: --since 2024-05-02T00:00Z is 2024-05-02"),
+        ("0m", None, "lies in the future"),  # starts now: nothing to fetch
+    ],
+)
+def test_a_window_that_ends_before_it_starts_or_lies_ahead_is_a_usage_error(since, until, message):
+    with pytest.raises(UsageError, match=message):
+        cloudwatch.Window.from_options(since, until, now=NOW)
+
+
+def test_window_times_are_relative_to_one_now_and_end_by_now():
+    window = cloudwatch.Window.from_options("3h", "1h", now=NOW + dt.timedelta(microseconds=7))
+    assert (window.start, window.end) == (NOW - dt.timedelta(hours=3), NOW - dt.timedelta(hours=1))
+    later = cloudwatch.Window.from_options("1h", "2024-05-01T13:00:00Z", now=NOW)
+    assert later.end == NOW and later.seconds == 3600  # nothing after now to fetch
+
+
+def test_fetch_progress_counts_batches_pages_and_points(session, base, monkeypatch):
+    gateways = [f"nat-{n:04d}" for n in range(40)]  # 40 x 14 = 560 queries: two batches
+    for n, gw in enumerate(gateways):
+        _put(session, "AWS/NATGateway", "NatGatewayId", gw, "ActiveConnectionCount", base, [n, n])
+    lines: list[str] = []
+    window = cloudwatch.Window(base, base + dt.timedelta(minutes=2), 60)
+    gws = [Device("gateway", gw, REGION) for gw in gateways]
+    cloudwatch.gateway_rows({None: session}, gws, window, show=lines.append)
+    assert lines[0] == "CloudWatch: 0/2 batches"  # said before the first call returns
+    assert lines[-1] == "CloudWatch: 2/2 batches, 2 pages, 80 points"
+    assert "CloudWatch: 1/2 batches, 1 page, " in lines[2]
+    assert cloudwatch.batch_count(0) == 0 and cloudwatch.batch_count(1000) == 2
+
+
 def test_select_gateways_keeps_instances_and_named_gateways():
     devices = [
         Device("instance", "i-1", REGION),

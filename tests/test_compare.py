@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from moto import mock_aws
 
 import natfleet.lab
-from natfleet import agent, cloudwatch
+from natfleet import agent, aws, cloudwatch
 from natfleet import compare as cmp
 from natfleet.answer import Answer, check_answer
 from natfleet.cli import main
@@ -209,35 +210,135 @@ def test_failed_ssh_keeps_cloudwatch_and_unknown_type_has_no_price(world, capsys
     assert nat_b["type"] == UNPRICED
 
 
-def test_table_says_no_data_na_no_price_and_where_prices_come_from(world, capsys):
+def table_rows(out: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The table's header cells and its rows' cells by device (cells are 2+ spaces apart)."""
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("DEVICE"))
+    split = [re.split(r"  +", line.strip()) for line in lines[at:]]
+    header = split[0]
+    rows = {cells[0]: cells for cells in split[1:] if len(cells) > 3}
+    return header, rows
+
+
+def cell(header: list[str], row: list[str], column: str) -> str:
+    return row[header.index(column)]
+
+
+COMPACT = ["DEVICE", "KIND", "CONNS NOW", "PEAK", "BYTES OUT", "DROPS", "PORT ERR", "FILL"]
+COMPACT += ["PORT USE", "PER MONTH"]
+WIDE = ["REGION", "TYPE", "BYTES IN", "PKTS OUT", "PKTS IN", "COUNTERS", "ENA EXC", "GB/MONTH"]
+
+
+def test_table_fits_120_columns_and_says_no_data_na_no_price(world, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
     assert main(["compare", *WINDOW]) == 3
     captured = capsys.readouterr()
+    assert max(len(line) for line in captured.out.splitlines()) <= 120
+    header, rows = table_rows(captured.out)
+    assert header == [*COMPACT, "ERROR"]  # nat-b failed: the ERROR column is there
+    gateway, nat_a, nat_b = rows["nflab-natgw"], rows["nat-a"], rows["nat-b"]
+    assert cell(header, gateway, "DROPS") == "0"  # a real 0
+    assert cell(header, gateway, "PORT USE") == "<=0.73%"
+    assert (
+        cell(header, gateway, "FILL") == "n/a" and cell(header, gateway, "PER MONTH") == "71.73 USD"
+    )
+    assert cell(header, gateway, "CONNS NOW") == "300" and cell(header, gateway, "PEAK") == "400"
+    assert cell(header, nat_a, "FILL") == "0.00%" and cell(header, nat_a, "PORT USE") == "0.01%"
+    assert cell(header, nat_a, "PER MONTH") == "3.07 USD" and cell(header, nat_a, "PEAK") == "7"
+    assert cell(header, nat_b, "PER MONTH") == "no price"
+    assert cell(header, nat_b, "BYTES OUT") == "-"  # no data, not 0
+    assert cell(header, nat_b, "ERROR").startswith("connect: connection ")  # cut to fit: …
     lines = captured.out.splitlines()
-    header = lines[1].split()
-    cells = {line.split()[0]: line for line in lines[3:6]}
-    gateway = cells["nflab-natgw"].split()
-    assert gateway[header.index("drops") + 1] == "0"  # +1: the label is two words
-    assert gateway[header.index("port_use") + 1] == "<=0.73%"
-    assert "n/a" in gateway and "71.73 USD" in cells["nflab-natgw"]
-    assert "no price" in cells["nat-b"] and "connect: connection refused" in cells["nat-b"]
-    assert "no data" in cells["nat-b"]
-    assert "3.07 USD" in cells["nat-a"]
-    assert lines[-1].startswith("per_month: estimates (us-east-1, USD, on-demand) from the built")
-    assert "natfleet: nat-b" in captured.err and "connection refused" in captured.err
+    assert lines[0] == f"window {WINDOW[1][:19]}Z to {WINDOW[3][:19]}Z, 60 s points"
+    assert lines[-2].startswith("PER MONTH: estimates (us-east-1, USD, on-demand, data transfer")
+    # a failed box is said once: in the table on a terminal, on stderr when piped (here)
+    assert "natfleet: nat-b (" in captured.err and "connection refused" in captured.err
 
 
-def test_csv_parses_with_empty_cells_for_no_data(world, capsys):
+def test_wide_table_shows_every_column_and_full_labels(world, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main(["compare", *WINDOW, "-o", "wide"]) == 3
+    header, rows = table_rows(capsys.readouterr().out)
+    assert all(column in header for column in COMPACT + WIDE + ["ERROR"])
+    gateway = rows[f"nflab-natgw ({world['gateway']})"]
+    assert (
+        cell(header, gateway, "ENA EXC") == "n/a" and cell(header, gateway, "GB/MONTH") == "864.00"
+    )
+    assert cell(header, gateway, "COUNTERS") == "window"
+    assert cell(header, rows[f"nat-a ({world['nat_a']})"], "TYPE") == "t4g.nano"
+    nat_b = rows[f"nat-b ({world['nat_b']})"]
+    assert cell(header, nat_b, "BYTES IN") == "0B" and cell(header, nat_b, "BYTES OUT") == "-"
+    assert cell(header, nat_b, "ERROR") == "connect: connection refused"  # wide: never cut
+
+
+def test_columns_empty_for_every_row_are_left_out(world, capsys, monkeypatch):
+    answered = [
+        HostResult(Target("nat-a", "198.19.255.11", instance_id=world["nat_a"]), fixture_answer()),
+        HostResult(Target("nat-b", "198.19.255.12", instance_id=world["nat_b"]), fixture_answer()),
+    ]
+    monkeypatch.setattr(compare_cmd, "run_from_args", lambda *args, **kwargs: answered)
+    assert main(["compare", *WINDOW]) == 0
+    header, rows = table_rows(capsys.readouterr().out)
+    assert header == COMPACT  # no error anywhere: no ERROR column
+    assert cell(header, rows["nat-b"], "PEAK") == "-"  # no data is said, never left out
+
+
+def test_csv_is_one_plain_value_per_cell(world, capsys):
     assert main(["compare", *WINDOW, "--format", "csv"]) == 3
     captured = capsys.readouterr()
     rows = {r["id"]: r for r in csv.DictReader(io.StringIO(captured.out))}
-    assert list(next(iter(rows.values()))) == list(cmp.ROW_KEYS)
-    assert rows[world["gateway"]]["monthly_cost"] == "71.73"
-    assert rows[world["gateway"]]["drops"] == "0.0"
-    assert rows[world["nat_b"]]["bytes_out"] == "" and rows[world["nat_b"]]["bytes_in"] == "0.0"
-    # a mapping is key=value;... in one cell, never a Python literal or embedded JSON
-    assert rows[world["nat_a"]]["conntrack"] == "insert_failed=18;drop=1;early_drop=4"
-    assert rows[world["gateway"]]["port_pressure_bound"] == "true"
-    assert "per_month: estimates" in captured.err  # the footer never breaks the CSV
+    keys = list(next(iter(rows.values())))
+    assert keys == [c.key for c in compare_cmd.COLUMNS if c.csv]
+    assert {"conntrack", "ena", "short_label"}.isdisjoint(keys)
+    gateway, nat_a, nat_b = rows[world["gateway"]], rows[world["nat_a"]], rows[world["nat_b"]]
+    assert gateway["monthly_cost"] == "71.73" and gateway["drops"] == "0"
+    assert gateway["conns_peak"] == "400" and gateway["gb_month"] == "864"
+    assert nat_b["bytes_out"] == "" and nat_b["bytes_in"] == "0"  # no data vs a real 0
+    assert nat_b["error"] == "connect: connection refused"
+    # the conntrack counters in columns of their own, not key=value;... in one cell
+    assert (nat_a["conntrack_insert_failed"], nat_a["conntrack_drop"]) == ("18", "1")
+    assert nat_a["conntrack_early_drop"] == "4" and nat_a["port_pressure_pct"] == "0.01"
+    assert gateway["port_pressure_bound"] == "true" and nat_a["port_pressure_bound"] == "false"
+    assert gateway["label"] == f"nflab-natgw ({world['gateway']})"
+    for row in rows.values():
+        for value in row.values():
+            assert not re.search(r"[{};]|^(True|False|None)$|\.0$|e-\d", value), value
+    assert "PER MONTH: estimates" in captured.err  # the footer never breaks the CSV
+
+
+def test_json_is_the_envelope_with_window_prices_and_errors(world, capsys):
+    code, data = run_json(capsys)
+    assert code == 3
+    assert (data["natfleet"], data["command"]) == (1, "compare")
+    assert data["generated"].endswith("Z") and data["window"]["start"] == WINDOW[1][:19] + "Z"
+    assert data["prices"]["currency"] == "USD"
+    (error,) = data["errors"]
+    assert error["target"]["name"] == "nat-b" and error["kind"] == "connect"
+    assert error["target"]["instance_id"] == world["nat_b"]
+    assert next(r for r in data["rows"] if r["id"] == world["nat_b"])["error"].startswith("connect")
+
+    assert main(["compare", *WINDOW, "-o", "jsonl"]) == 3
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r.get("id") for r in lines[:3]] == [r["id"] for r in data["rows"]]
+    assert lines[3]["kind"] == "connect"  # then the error, a line of its own
+
+
+def test_cloudwatch_progress_on_a_terminal_only(world, capsys, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main(["compare", *WINDOW]) == 3
+    assert "CloudWatch" not in capsys.readouterr().err
+    screen = Terminal()
+    monkeypatch.setattr("sys.stderr", screen)
+    monkeypatch.setattr("sys.stdout", screen)
+    assert main(["compare", *WINDOW]) == 3
+    text = screen.getvalue()
+    assert "natfleet: CloudWatch: 0/1 batches" in text
+    assert re.search(r"natfleet: CloudWatch: 1/1 batches, 1 page, [\d,]+ points", text)
+    assert text.rindex("\r\x1b[K") < text.index("window ")  # erased before the table
 
 
 PRICES = """\
@@ -268,7 +369,8 @@ def test_prices_file_overrides_the_defaults(world, capsys, tmp_path, monkeypatch
     monkeypatch.setenv("NATFLEET_CONFIG", str(config))
     assert main(["compare", *WINDOW]) == 3
     out = capsys.readouterr().out
-    assert "81.64 EUR" in out and f"(eu-west-1, EUR, on-demand) from {prices}" in out
+    assert "81.64 EUR" in out and "(eu-west-1, EUR, on-demand, data transfer not" in out
+    assert f"from {prices}" in out
 
 
 def test_plot_writes_a_png(world, capsys, tmp_path):
@@ -277,6 +379,52 @@ def test_plot_writes_a_png(world, capsys, tmp_path):
     assert main(["compare", *WINDOW, "--format", "json", "--plot", str(png)]) == 3
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"plot written to {png}" in capsys.readouterr().err
+
+
+def test_plot_is_readable_units_utc_one_style_per_device_series_apart(world, capsys):
+    pytest.importorskip("matplotlib", reason="pip install 'natfleet[plot]'")
+    window = cmp.Window.from_options(WINDOW[1], WINDOW[3], "60")
+    report = cmp.compare(
+        {None: aws.make_session(region=REGION)}, devices_of(world), [], Prices(), window
+    )
+    for row in report.rows:
+        if row["id"] == world["nat_a"]:
+            row["conns_now"] = 4  # what the agent said
+    fig = cmp.plot_figure(report.rows, report.metrics, window)
+    connections, bytes_out, bytes_in, drops, port_errors = fig.axes
+    assert "UTC" in fig.axes[-1].get_xlabel()
+    assert [ax.get_ylabel().split(" (")[0] for ax in fig.axes] == [
+        "connections", "bytes/s", "bytes/s", "packets per period", "errors per period",
+    ]  # fmt: skip
+    # the instance's connections over time: a series, not one dot; the agent's now: a marker
+    lines = {line.get_label(): line for line in connections.get_lines()}
+    series = lines["nat-a ConnectionEstablishedCount"]
+    assert list(series.get_ydata()) == [float(v) for v in NAT_A_CWAGENT]
+    now = lines["nat-a TCP SNAT ESTABLISHED now (agent)"]
+    assert list(now.get_ydata()) == [4] and now.get_marker() == series.get_marker()
+    # one look per device, the same in every panel, and different between devices
+    looks = {}
+    for ax in (connections, bytes_out, bytes_in):
+        for line in ax.get_lines():
+            device = line.get_label().split()[0]
+            look = (line.get_color(), line.get_marker())
+            assert looks.setdefault(device, look) == look
+    assert len(set(looks.values())) == len(looks) == 3
+    # drops and port errors each in their own panel: two zero series cannot hide each other
+    assert [line.get_label() for line in drops.get_lines()] == ["nflab-natgw PacketsDropCount"]
+    assert [line.get_label() for line in port_errors.get_lines()] == [
+        "nflab-natgw ErrorPortAllocation"
+    ]
+    # bytes per second: the gateway's 1e8 bytes a minute
+    (gateway_out,) = [x for x in bytes_out.get_lines() if x.get_label().startswith("nflab")]
+    assert max(gateway_out.get_ydata()) == pytest.approx(1e8 / 60)
+    cmp.pyplot().close(fig)
+
+
+def devices_of(world) -> list[Device]:
+    from natfleet import discovery
+
+    return discovery.discover(aws.make_session(region=REGION), [REGION])
 
 
 def test_plot_without_matplotlib_says_how_to_install(world, capsys, tmp_path, monkeypatch):
@@ -337,7 +485,7 @@ def inside_tcp_snat_established(box) -> int:
         box.netns, [sys.executable, "-m", "natfleet", "summary", "--local", "--format", "json"]
     )
     out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=REPO).stdout
-    return json.loads(out)["boxes"][0]["summary"]["tcp_snat_established"]
+    return json.loads(out)["rows"][0]["summary"]["tcp_snat_established"]
 
 
 def gateway_points_in(window: dict, lab) -> dict[str, list[float]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import time
@@ -11,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from natfleet import agent, fleet, remote
-from natfleet.commands.report import tty_progress
 from natfleet.errors import TargetError
 from natfleet.fleet import ReadOptions, run_fleet, run_one
 from natfleet.models import HostError, HostResult, Target
@@ -64,7 +62,7 @@ def test_results_in_target_order_errors_kept():
     assert results[2].message == "be root"
     assert "KeyError" in results[3].message and "--debug" in results[3].message
     assert "not JSON" in results[4].message
-    assert calls[-1] == (6, 6, 4) and [c[0] for c in calls] == [1, 2, 3, 4, 5, 6]
+    assert calls[-1] == (6, 6, 4) and [c[0] for c in calls] == [0, 1, 2, 3, 4, 5, 6]
 
 
 def test_parallel_limit_and_empty():
@@ -162,21 +160,6 @@ def test_file_and_local_targets(tmp_path, monkeypatch):
     assert isinstance(odd, HostError) and "unknown target kind" in odd.message
     no_connector = run_one(_target("a"), SUMMARY)
     assert isinstance(no_connector, HostError) and "no SSH connector" in no_connector.message
-
-
-def test_tty_progress():
-    class Tty(io.StringIO):
-        def isatty(self):
-            return True
-
-    assert tty_progress(io.StringIO()) is None
-    stream = Tty()
-    show = tty_progress(stream)
-    show(3, 20, 1)
-    show(20, 20, 0)
-    assert stream.getvalue() == (
-        "\r\x1b[Knatfleet: 3/20 boxes answered, 1 failed\r\x1b[Knatfleet: 20/20 boxes answered\n"
-    )
 
 
 @pytest.mark.lab

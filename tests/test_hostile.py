@@ -8,9 +8,9 @@ time within ``--timeout`` + 2 s (well under it when a byte cap, not the clock, s
 it); the honest box's rows as an honest-only read prints them; no control character (other
 than newline), DEL, C1 or bidi control in stdout or stderr; no line forged by a box; and
 either exit code 3 with the hostile box as exactly one error row of the expected kind and
-one stderr line, or, where the box's answer is valid and only its free text is hostile
-(hostname, warnings, malformed lines: kept and escaped, natfleet.answer) or its names are
-refused, exit code 0 with its rows printed.
+one stderr line (stdout is a file, not a terminal), or, for the valid control, exit code 0
+with its rows printed. Free text that is not printable (the agent escapes its own) and a
+names map for addresses that are not the box's own are answers that break the rules.
 
 Scenario bytes live in ``tests/data/hostile/`` (see its README); the big or endless ones are
 generated on the box. Example:
@@ -227,22 +227,22 @@ CASES = [
     Case("infinity_pct", (summary("json"), summary("csv")), says="Infinity"),
     Case("neg_infinity_timeout", (conns("json"), conns("netstat")), says="Infinity"),
     Case("nan_count", (conns("json"), summary("json")), says="NaN"),
-    # escapes and forged lines in every printed field
-    # (free text is kept and escaped on output: that box answers, and its rows print escaped)
-    Case("esc_hostname", SUMMARY_ALL, kinds=()),
-    Case("esc_source", (summary("table", "--details"), summary("json")), kinds=()),
+    # escapes and forged lines in every printed field: the agent escapes its free text, so
+    # text that is not printable is an answer that breaks the rules (natfleet.answer)
+    Case("esc_hostname", SUMMARY_ALL, says="hostname"),
+    Case("esc_source", (summary("table", "--details"), summary("json")), says="source"),
     Case(
         "esc_warnings",
         (conns("netstat"), conns("json"), summary("table"), summary("csv")),
-        kinds=(),
+        says="warnings",
     ),
     Case(
         "esc_malformed",
         (conns("netstat"), conns("table"), summary("table", "--details"), summary("csv")),
-        kinds=(),
+        says="malformed",
     ),
     Case("esc_ena", SUMMARY_ALL, says="ena"),
-    Case("esc_names", CONNS_NAMED, kinds=()),  # names that are not host names: refused
+    Case("esc_names", CONNS_NAMED, says="names"),  # names that are not host names
     Case("esc_row_state", CONNS_ALL, says="state"),
     Case("esc_row_proto", (conns("netstat"), conns("csv")), says="proto"),
     Case("esc_row_address", (conns("table"), conns("json")), says="src"),
@@ -254,17 +254,17 @@ CASES = [
         kinds=("agent", "answer"),
         make=stderr_only,
     ),
-    # a names map renaming the honest box's addresses: refused, the honest rows unchanged
+    # a names map renaming the honest box's addresses: an error, the honest rows unchanged
     Case(
         "names_foreign",
         CONNS_ALL + (conns("netstat", names=True), conns("json", names=True)),
-        kinds=(),
+        says="names",
     ),
-    # ok: false with a crafted error
+    # ok: false with a crafted error (its message not printable: the agent escapes its own)
     Case(
         "ok_false_message",
         (conns("netstat"), conns("table"), summary("json"), summary("csv")),
-        kinds=("permission",),
+        says="message",
     ),
     Case(
         "ok_false_kind", (conns("netstat"), summary("csv")), kinds=("answer", "agent"), says="kind"
@@ -378,20 +378,33 @@ def _first_block(text: str) -> list[str]:
     return lines[: lines.index("")] if "" in lines else lines
 
 
+TABLE_KEYS = {"HOST": "target", "TCP EST": "tcp_snat_est"}  # table heading -> CSV key
+UNKEYED = ("timeout", "error", "error_kind")  # not part of a row's identity: it counts down,
+# and the error columns are there only when some box failed
+
+
 def table_records(text: str) -> list[dict[str, str]]:
-    """tabulate's "simple" table at the start of ``text``, as records (cells by the dashes)."""
+    """natfleet's table at the start of ``text`` (an UPPER CASE header, columns two or more
+    spaces apart, cells starting under their heading) as records keyed like the CSV; a
+    failed box's row, ``HOST  ERROR kind: message``, has only ``target`` and ``error``."""
     lines = _first_block(text)
-    if len(lines) < 2 or not set(lines[1]) <= {"-", " "}:
+    if not lines or lines[0] != lines[0].upper():
         return []
-    spans = [m.span() for m in re.finditer(r"-+", lines[1])]
-    # the last column runs to the end of the line (tabulate never cuts a cell)
-    spans[-1] = (spans[-1][0], None)  # type: ignore[assignment]
-
-    def cells(line: str) -> list[str]:
-        return [line[a:b].strip() for a, b in spans]
-
-    head = cells(lines[0])
-    return [dict(zip(head, cells(line))) for line in lines[2:]]
+    heads = [(m.start(), m.group()) for m in re.finditer(r"\S+(?: \S+)*", lines[0])]
+    starts = [start for start, _ in heads] + [None]
+    keys = [TABLE_KEYS.get(h, h.lower().replace(" ", "_")) for _, h in heads]
+    records = []
+    for line in lines[1:]:
+        if len(heads) > 1:
+            label, rest = line[: starts[1]], line[starts[1] :]
+        else:  # only failed boxes: the HOST column alone
+            label, _, rest = line.partition("  ")
+        if rest.lstrip().startswith("ERROR "):
+            records.append({"target": label.strip(), "error": rest.lstrip()[6:]})
+            continue
+        cells = [line[a:b].strip() for a, b in zip(starts, starts[1:])]
+        records.append(dict(zip(keys, cells)))
+    return records
 
 
 def csv_records(text: str) -> list[dict[str, str]]:
@@ -433,8 +446,11 @@ def parse(run: Run, result: Result, honest: str) -> Parsed:
     problems = result.problems
     if fmt == "json":
         doc = strict_json(result.out, problems)
-        items = doc.get("boxes", []) if isinstance(doc, dict) else doc or []
-        for item in items if isinstance(items, list) else []:
+        if not isinstance(doc, dict) or doc.get("natfleet") != 1 or doc.get("command") != command:
+            problems.append(f"stdout is not the natfleet JSON envelope: {str(doc)[:200]}")
+            return p
+        items = [*doc.get("rows", []), *doc.get("errors", [])]
+        for item in items:
             label = (item.get("target") or {}).get("label") if isinstance(item, dict) else None
             if label == HOSTILE:
                 p.hostile.append(json.dumps(item))
@@ -444,7 +460,7 @@ def parse(run: Run, result: Result, honest: str) -> Parsed:
                 p.honest_summary.append(item)
             elif label == honest and "error" not in item:
                 p.honest.append(row_key(item))
-                if item.get("proto") == "tcp" and item.get("state") == "ESTABLISHED":
+                if item.get("proto") == "tcp" and item.get("status") == "ESTABLISHED":
                     p.established[row_key(item)] += 1
         return p
     if fmt == "netstat":
@@ -460,20 +476,18 @@ def parse(run: Run, result: Result, honest: str) -> Parsed:
                     p.established[tuple(tokens)] += 1
         return p
     records = table_records(result.out) if fmt == "table" else csv_records(result.out)
-    first = "host" if command == "summary" else "target"
     for record in records:
         text = "  ".join(str(v) for v in record.values())
-        if record.get(first) == HOSTILE:
+        if record.get("target") == HOSTILE:
             p.hostile.append(text)
-            error = record.get("error") if command == "summary" else record.get("state")
-            if error and (command == "summary" or "ERROR" in error):
+            if record.get("error"):
                 p.hostile_errors.append(text)
-        elif record.get(first) == honest and command == "summary":
+        elif record.get("target") == honest and command == "summary":
             p.honest_summary.append(record)
-        elif record.get(first) == honest:
-            key = tuple(v for k, v in record.items() if k != "timeout")
+        elif record.get("target") == honest:
+            key = tuple(v for k, v in record.items() if k not in UNKEYED)
             p.honest.append(key)
-            if record.get("proto") == "tcp" and record.get("state") == "ESTABLISHED":
+            if record.get("proto") == "tcp" and record.get("status") == "ESTABLISHED":
                 p.established[key] += 1
     return p
 

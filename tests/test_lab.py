@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pwd
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pytest
 import natfleet.lab
 from natfleet import cli
 from natfleet.errors import LabError
-from natfleet.lab import sshd, system, topology, traffic
+from natfleet.lab import login, sshd, system, topology, traffic
 from natfleet.lab.state import not_up
 from tests.conftest import LAB_STARTED_HERE
 
@@ -134,7 +136,7 @@ def _fake_bin(folder: Path, *names: str) -> Path:
 
 def test_natfleet_command_is_one_that_works_under_sudo(monkeypatch, tmp_path):
     venv = _fake_bin(tmp_path / "venv" / "bin", "python", "natfleet")
-    monkeypatch.setattr(system.sys, "executable", str(venv / "python"))
+    monkeypatch.setattr(sys, "executable", str(venv / "python"))
     monkeypatch.setattr(system, "SUDO_PATH", str(_fake_bin(tmp_path / "usr-bin")))
     assert system.natfleet_command() == str(venv / "natfleet")  # sudo's PATH has none
     other = _fake_bin(tmp_path / "other", "natfleet")
@@ -251,15 +253,18 @@ def test_netstat_nat_sees_the_dnat_forward(lab):
 @pytest.mark.lab
 @pytest.mark.parametrize("index", [0, 1, 2])
 def test_sshd_presents_the_known_host_key(lab, index, tmp_path):
+    """Root logs in too (``root@``, the lab's key) and reads the table; the default login is
+    the lab user (test_lab_e2e runs natfleet through its sudo rule)."""
     name = lab.boxes[index].name
     ok = subprocess.run(
-        ["ssh", "-F", lab.ssh_config, "-o", "BatchMode=yes", name, "cat /proc/net/nf_conntrack"],
+        ["ssh", "-F", lab.ssh_config, "-o", "BatchMode=yes", f"root@{name}"]
+        + ["id -un; cat /proc/net/nf_conntrack"],
         capture_output=True,
         text=True,
         timeout=20,
     )
     assert ok.returncode == 0, ok.stderr
-    assert "src=" in ok.stdout
+    assert ok.stdout.startswith("root\n") and "src=" in ok.stdout
     empty = tmp_path / "empty_known_hosts"
     empty.touch()
     refused = subprocess.run(
@@ -338,6 +343,9 @@ def test_down_removes_everything_then_up_restores(lab):
         assert not Path("/sys/class/net/nflab-mgmt").exists()
         assert not Path(state_dir).exists()
         assert not list(topology.NETNS_ETC.glob("nflab-*"))  # the lab's resolver files
+        assert not login.SUDOERS.exists()
+        with pytest.raises(KeyError):
+            pwd.getpwnam(login.USER)
         leftovers = []
         for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
             try:

@@ -157,6 +157,7 @@ def test_down_removes_the_lab_files_in_etc_netns_only(tmp_path, monkeypatch):
     monkeypatch.setattr(natfleet.lab, "check_can_run", lambda _action: None)
     monkeypatch.setattr(natfleet.lab, "netns_list", lambda prefix: [])
     monkeypatch.setattr(topology, "mgmt_bridge_exists", lambda: False)
+    monkeypatch.setattr(natfleet.lab.login, "remove", lambda folder, log: None)  # (a real lab's)
     said: list[str] = []
     natfleet.lab.down(str(tmp_path / "no-lab"), log=said.append)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nftest-mine"]

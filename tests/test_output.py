@@ -4,6 +4,7 @@ and lab status in every format (in-process moto, never real AWS)."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime as dt
 import doctest
@@ -13,6 +14,7 @@ import logging
 import math
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from moto import mock_aws
@@ -27,7 +29,7 @@ from natfleet.commands import gateways as gateways_cmd
 from natfleet.lab import aws as lab_aws
 from natfleet.lab.state import LabBox, LabState
 from natfleet.models import Device, HostError, Target
-from natfleet.output import clip, csv_cell, json_text, safe, table_text, warn, write_records
+from natfleet.output import Column, clip, csv_cell, json_text, safe, warn, write_output
 from natfleet.render import NetstatStyle, write_flows
 
 REGION = "us-east-1"
@@ -162,7 +164,7 @@ def test_csv_cells_starting_a_formula_are_neutralised(lead):
         and cell[1:] == safe(lead + 'HYPERLINK("http://192.0.2.1")')
     )
     buf = io.StringIO()
-    write_records(buf, "csv", [{"v": lead + "1+1"}], ["v"])
+    write_output(buf, "csv", "test", [{"v": lead + "1+1"}], [Column("v", "V")])
     assert next(csv.reader(io.StringIO(buf.getvalue().splitlines()[1])))[0].startswith("'")
 
 
@@ -181,7 +183,8 @@ def test_csv_numbers_stay_numbers_and_structures_are_never_literals():
         with pytest.raises(TypeError):
             csv_cell(unknown)
     buf = io.StringIO()
-    write_records(buf, "csv", [{"n": -3, "s": "-3", "x": None}], ["n", "s", "x"])
+    columns = [Column("n", "N"), Column("s", "S"), Column("x", "X")]
+    write_output(buf, "csv", "test", [{"n": -3, "s": "-3", "x": None}], columns)
     assert buf.getvalue() == "n,s,x\n-3,'-3,\n"  # \n line ends: no CR in the output
 
 
@@ -220,15 +223,20 @@ def test_json_is_ascii_and_round_trips_hostile_strings():
 # --- tables -------------------------------------------------------------------------------
 
 
-def test_table_cells_and_headers_are_escaped_and_lists_go_one_a_line():
-    out = table_text([[HOSTILE, ["a\x1b[2J", "b"], None, 2 / 3]], ["na\x1bme", "list", "n", "f"])
+def test_table_cells_and_headers_are_escaped_and_stay_on_their_line():
+    columns = [Column("n", "na\x1bme"), Column("l", "list"), Column("x", "n"), Column("f", "f")]
+    buf = io.StringIO()
+    write_output(
+        buf, "table", "test", [{"n": HOSTILE, "l": ["a\x1b[2J", "b"], "f": 2 / 3}], columns
+    )
+    out = buf.getvalue()
     assert_clean(out, "table")
-    assert safe(HOSTILE) in out and "na\\x1bme" in out
+    assert safe(HOSTILE) in out and "NA\\x1bME" in out
     lines = out.splitlines()
-    assert len(lines) == 4 and "a\\x1b[2J" in lines[2] and lines[3].strip() == "b"
-    assert " - " in lines[2] and "0.67" in lines[2]
+    assert len(lines) == 2 and "a\\x1b[2J, b" in lines[1] and "0.67" in lines[1]
+    assert "N " not in lines[0]  # empty for every row: left out
     with pytest.raises(ValueError):
-        write_records(io.StringIO(), "yaml", [], ["a"])
+        write_output(io.StringIO(), "yaml", "test", [], columns)
 
 
 def test_docstring_examples_run():
@@ -244,7 +252,7 @@ LINE = (
 )
 
 
-@pytest.mark.parametrize("fmt", ["netstat", "table", "csv", "json"])
+@pytest.mark.parametrize("fmt", ["netstat", "table", "csv", "json", "jsonl"])
 def test_box_names_in_rows_are_escaped_per_row(fmt):
     flow = Flow.parse(LINE, own=())
     targets = [{"label": "nat-a (i-1)"}, {"label": "nat-b (i-2)"}]
@@ -255,7 +263,16 @@ def test_box_names_in_rows_are_escaped_per_row(fmt):
     out = buf.getvalue()
     assert_clean(out, fmt)
     if fmt == "json":
-        assert json.loads(out)[-1]["error"] == HOSTILE
+        assert json.loads(out)["errors"][-1]["error"] == HOSTILE
+        return
+    if fmt == "jsonl":
+        assert json.loads(out.splitlines()[-1])["error"] == HOSTILE
+        return
+    if fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(out)))
+        assert rows[0]["dst_name"] == "'" + safe(HOSTILE) and rows[1]["dst_name"] == ""
+        assert rows[0]["dst"] == rows[1]["dst"] == "203.0.113.5" and rows[1]["dport"] == "443"
+        assert rows[2]["error_kind"] == "answer" and rows[2]["target"] == "nat-c"
         return
     lines = out.splitlines()
     rows = [line for line in lines if "192.168.1.10" in line]
@@ -391,8 +408,146 @@ def test_lab_status_escapes_box_names(monkeypatch, capsys, fmt):
     assert_clean(out, f"lab status {fmt}")
     if fmt == "json":
         data = json.loads(out)
-        assert data["boxes"][0]["name"] == HOSTILE and data["stops_at"] == "1970-01-01T00:01:01Z"
+        assert data["rows"][0]["name"] == HOSTILE and data["stops_at"] == "1970-01-01T00:01:01Z"
     elif fmt == "table":
         assert "down" in out and "\\x1b[2J" in out and "1970-01-01T00:01:01Z" in out
     else:
         assert next(csv.DictReader(io.StringIO(out)))["name"] == "'" + safe(HOSTILE)
+
+
+# --- the output interface: Column, add_output_options, write_output -------------------------
+
+
+class Tty(io.StringIO):
+    """A StringIO that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+COLUMNS = (
+    output.Column("target", "Host", short="short_label"),
+    output.Column("flows", "FLOWS", kind="int"),
+    output.Column("fill_pct", "FILL", kind="pct"),
+    output.Column("max", "MAX", wide=True, kind="int"),
+    output.Column("note", "NOTE"),
+    output.Column("error", "ERROR", shrink=True),
+    output.Column("shown", "SHOWN", csv=False),
+    output.Column("hidden", "HIDDEN", table=False),
+)
+RECORDS = [
+    {"target": "nat-a (i-1)", "short_label": "nat-a", "flows": 27, "fill_pct": 0.05,
+     "max": 262144, "note": None, "error": "", "shown": "a:1", "hidden": 720.0},
+    {"target": "nat-b (i-2)", "short_label": "nat-b", "flows": 3, "fill_pct": 12.5,
+     "max": 65536, "note": "", "error": "timeout: " + "x" * 200, "shown": "b:2", "hidden": -1},
+]  # fmt: skip
+
+
+def render(fmt: str, stream: Optional[io.StringIO] = None, **kwargs) -> str:
+    buf = stream or io.StringIO()
+    output.write_output(buf, fmt, "summary", RECORDS, COLUMNS, **kwargs)
+    return buf.getvalue()
+
+
+def test_table_is_compact_fitted_upper_case_and_leaves_empty_columns_out(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    lines = render("table").splitlines()
+    assert lines[0].split() == ["HOST", "FLOWS", "FILL", "ERROR", "SHOWN"]
+    assert lines[1].split()[:3] == ["nat-a", "27", "0.05%"]  # short label; pct as in every table
+    assert max(len(line) for line in lines) <= 60
+    assert "…" in lines[2] and "x" * 200 not in lines[2]  # the error cut to fit, shown cut
+    assert "b:2" in lines[2]  # not a shrink column: never cut
+
+
+def test_wide_shows_every_table_column_and_cuts_nothing(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    lines = render("table", wide=True).splitlines()
+    assert lines[0].split() == ["HOST", "FLOWS", "FILL", "MAX", "ERROR", "SHOWN"]
+    assert lines[1].startswith("nat-a (i-1)") and "262144" in lines[1]
+    assert "x" * 200 in lines[2]
+    assert "NOTE" not in lines[0] and "HIDDEN" not in lines[0]  # empty; CSV/JSON only
+
+
+def test_no_terminal_and_no_columns_cuts_nothing(monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert "x" * 200 in render("table")
+
+
+def test_counts_go_above_the_table_on_a_terminal_only(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    counts = ["nat-a: 27 in use of 262,144", "fleet: 30 in use of 327,680"]
+    assert render("table", Tty(), counts=counts).splitlines()[:3] == [*counts, render(
+        "table").splitlines()[0]]  # fmt: skip
+    assert "in use" not in render("table", counts=counts)
+
+
+def test_csv_has_every_csv_column_and_plain_cells():
+    rows = list(csv.reader(io.StringIO(render("csv"))))
+    assert rows[0] == ["target", "flows", "fill_pct", "max", "note", "error", "hidden"]
+    assert rows[1] == ["nat-a (i-1)", "27", "0.05", "262144", "", "", "720"]
+    assert rows[2][-1] == "-1" and rows[2][1] == "3"  # a negative number is not a formula
+
+
+def test_csv_and_table_give_errors_their_own_rows(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    errors = [{"target": {"label": "nat-c (i-3)", "short_label": "nat-c"}, "kind": "auth",
+               "error": "denied", "seconds": 0.5}]  # fmt: skip
+    rows = list(csv.DictReader(io.StringIO(render("csv", errors=errors))))
+    assert rows[-1]["target"] == "nat-c (i-3)" and rows[-1]["error_kind"] == "auth"
+    assert rows[-1]["error"] == "auth: denied" and rows[-1]["flows"] == ""
+    last = render("table", errors=errors).splitlines()[-1]
+    assert last.startswith("nat-c") and last.split()[1:] == ["ERROR", "auth:", "denied"]
+
+
+def test_json_is_the_one_envelope():
+    errors = [{"target": {"label": "nat-c"}, "kind": "auth", "error": "denied"}]
+    doc = json.loads(render("json", meta={"total": {"flows": 30}}, errors=errors))
+    assert list(doc) == ["natfleet", "command", "generated", "total", "rows", "errors"]
+    assert doc["natfleet"] == 1 and doc["command"] == "summary"
+    assert dt.datetime.strptime(doc["generated"], "%Y-%m-%dT%H:%M:%SZ")
+    assert doc["rows"][0]["hidden"] == 720.0 and "shown" not in doc["rows"][0]
+    assert "short_label" not in doc["rows"][0] and doc["errors"] == errors
+    with pytest.raises(ValueError):
+        render("json", meta={"rows": []})
+
+
+def test_jsonl_is_one_object_per_line_errors_included():
+    errors = [{"target": {"label": "nat-c"}, "kind": "auth", "error": "denied"}]
+    lines = render("jsonl", errors=errors, rows=[{"a": 1}, {"a": 2}]).splitlines()
+    assert [json.loads(line) for line in lines] == [{"a": 1}, {"a": 2}, errors[0]]
+
+
+def test_table_widths_count_wide_characters_and_escape_hostile_text(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    records = [{"target": "日本語のNAT", "error": HOSTILE}, {"target": "nat-b", "error": "x"}]
+    buf = io.StringIO()
+    output.write_output(buf, "table", "summary", records, COLUMNS)
+    out = buf.getvalue()
+    assert_clean(out, "fitted table")
+    assert all(output.text_width(line) <= 40 for line in out.splitlines())
+    lines = out.splitlines()  # 日本語のNAT takes 11 columns: the next column starts at 13
+    assert lines[1].startswith("日本語のNAT  =evil") and lines[2] == "nat-b" + " " * 8 + "x"
+
+
+def test_output_options_format_wide_and_short_o():
+    parser = argparse.ArgumentParser()
+    output.add_output_options(parser)
+    assert (parser.parse_args([]).format, parser.parse_args([]).wide) == ("table", False)
+    assert parser.parse_args(["-o", "jsonl"]).format == "jsonl"
+    args = parser.parse_args(["-o", "wide"])
+    assert (args.format, args.wide) == ("table", True)
+    assert parser.parse_args(["--format", "csv", "--wide"]).wide
+    netstat = argparse.ArgumentParser()
+    netstat.add_argument("-o", dest="no_header", action="store_true")
+    output.add_output_options(netstat, ("netstat", "json"), default="netstat", short_o=False)
+    args = netstat.parse_args(["-o", "--wide"])
+    assert (args.no_header, args.wide, args.format) == (True, True, "netstat")
+
+
+def test_ascii_only_stream_gets_an_ascii_cut(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    output.write_output(stream, "table", "summary", RECORDS, COLUMNS)
+    stream.seek(0)
+    text = stream.read()
+    assert "~" in text and all(len(line) <= 40 for line in text.splitlines())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,9 @@ from tests.conftest import DATA
 def table(tmp_path, monkeypatch):
     """3,000+ real-shaped lines with malformed ones spread through, in many small blocks."""
     monkeypatch.setattr(agent, "BLOCK_CHARS", 4096)
+    # an earlier test's name lookup thread may still be asleep; the agent would then stay in
+    # one process (fork is only safe without threads) and these tests prove nothing
+    monkeypatch.setattr(agent.threading, "active_count", lambda: 1)
     good = [p.read_text() for p in sorted((DATA / "lines").glob("*.txt"))]
     bad = [
         p.read_text(encoding="ascii", errors="replace")
@@ -61,6 +65,8 @@ def test_parallel_listing_equals_one_process(table):
 
 def test_one_process_when_other_threads_run(monkeypatch):
     request = agent.Request({"mode": "summary", "jobs": 4})
+    # (an earlier test's lookup thread may still be asleep: say how many threads there are)
+    monkeypatch.setattr(agent.threading, "active_count", lambda: 1)
     assert agent.workers_for(request, 10**6) == 4
     monkeypatch.setattr(agent.threading, "active_count", lambda: 2)
     assert agent.workers_for(request, 10**6) == 1
@@ -80,3 +86,29 @@ def test_a_worker_that_dies_is_an_error_not_a_short_answer(table, monkeypatch):
     assert answer["ok"] is False
     assert answer["error"]["kind"] == "agent"
     assert "--jobs 1" in answer["error"]["message"]
+
+
+def test_parallel_summary_leaves_out_the_own_session_like_one_process(table, tmp_path):
+    """The own session's entry is left out by whichever worker reads it."""
+    session = (DATA / "own-session" / "proc/net/nf_conntrack").read_text().splitlines()[0]
+    lines = Path(table).read_text().splitlines(True)
+    for at in (5, len(lines) // 2, len(lines) - 1):  # in several blocks (a test table)
+        lines.insert(at, session + "\n")
+    path = tmp_path / "with-session.txt"
+    path.write_text("".join(lines))
+    files = {
+        "/proc/self/stat": "77 (python3) S 70 77 77 0\n",
+        "/proc/70/stat": "70 (sshd) S 1 70 70 0\n",
+        "/proc/70/fd/3": "socket:[466027]",
+        "/proc/net/tcp": (DATA / "own-session" / "proc/net/tcp").read_text(),
+    }
+    answers = []
+    for jobs in (1, 3):
+        sources = agent.DumpSources(files, table_file=str(path))
+        answer = agent.handle({"mode": "summary", "jobs": jobs}, sources, skip_own=True)
+        answer.pop("seconds")
+        answers.append(answer)
+    assert answers[0]["own_flows"] == 3 and answers[0]["own_session"]["sport"] == 41704
+    plain = agent.handle({"mode": "summary"}, agent.DumpSources(table_file=table))
+    assert answers[0]["summary"]["flows"] == plain["summary"]["flows"]
+    assert answers[0] == answers[1]

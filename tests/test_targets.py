@@ -14,8 +14,9 @@ from natfleet.commands.targetopts import (
     resolve_targets_from_args,
     ssh_options_from_args,
 )
-from natfleet.errors import UsageError
+from natfleet.errors import TableError, UsageError
 from natfleet.models import HostError, Target
+from tests.conftest import DATA
 
 
 @pytest.mark.parametrize(
@@ -168,3 +169,61 @@ def test_ssh_options_from_args(tmp_path):
         ssh_options_from_args(_parse("--proxy-jump", "b;id"))
     with pytest.raises(SystemExit):
         _parse("--timeout", "0")
+
+
+LAB_LINE = (DATA / "tables" / "lab-box.txt").read_text().splitlines()[1]
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        ("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n", True),
+        ("ipv4     2\n", True),  # what is left of a header, no tuples: not an entry
+        ("\x1f\x8b\x08\x00binary\n", True),  # gzip
+        (LAB_LINE + "\n", False),
+        ("# saved by hand\n" + LAB_LINE + "\n", False),  # a line of junk, then the table
+        (LAB_LINE.replace("dport=80", "dport=8x0") + "\n", False),  # damaged: counted later
+        ("tcp      6 431999 ESTABLISHED src=192.0.2.1 dst=203.0.113.5 sport=1 dport=2 "
+         "src=203.0.113.5 dst=198.51.100.1 sport=2 dport=1 [ASSURED] mark=0 use=1\n", False),
+        ("", False),  # an empty table
+        ("\n\n   \n", False),
+        ("conntrack v1.4.7 (conntrack-tools): 0 flow entries have been shown.\n", False),
+    ],
+)  # fmt: skip
+def test_input_must_look_like_a_conntrack_table(text, refused, tmp_path):
+    path = tmp_path / "dump.txt"
+    path.write_bytes(text.encode("latin-1"))
+    if not refused:
+        assert targets.input_target(str(path)).path == str(path)
+        return
+    with pytest.raises(TableError, match="not a conntrack table") as info:
+        targets.input_target(str(path))
+    assert info.value.exit_code == 1 and "line 1: " in str(info.value)
+
+
+def test_only_the_first_lines_are_judged(tmp_path):
+    """None of the first 20 non-blank lines is an entry: refused, whatever follows (the
+    check reads at most 64 KiB, never the whole file)."""
+    path = tmp_path / "dump.txt"
+    path.write_text("junk\n\n" * targets.SNIFF_LINES + LAB_LINE + "\n")
+    with pytest.raises(TableError, match="none of its first 20 lines"):
+        targets.input_target(str(path))
+    path.write_text("junk\n" * (targets.SNIFF_LINES - 1) + LAB_LINE + "\n")
+    assert targets.input_target(str(path)).kind == "file"
+
+
+def test_stdin_and_unreadable_files_are_not_judged_here(tmp_path, monkeypatch):
+    """'-' cannot be looked at without consuming it; a file that cannot be opened is left to
+    the reader, which says why for that target."""
+    assert targets.input_target("-").name == "stdin"
+    path = tmp_path / "dump.txt"
+    path.write_text("junk\n")
+    real_open = open
+
+    def refuse(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refuse)
+    assert targets.input_target(str(path)).path == str(path)

@@ -3,6 +3,8 @@
 Example:
     >>> positive(int)("3")
     3
+    >>> protocol("TCP"), protocol("47")
+    ('tcp', '47')
 """
 
 from __future__ import annotations
@@ -24,3 +26,29 @@ def positive(kind: type) -> Any:
         return value
 
     return parse
+
+
+def protocol(text: str) -> str:
+    """An argparse type for ``-p``: a protocol name the agent knows (``tcp``, ``udp``,
+    ``icmp``, ...) or a number 0-255, checked before any box is read.
+
+    >>> protocol("300")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: unknown protocol '300': protocol numbers are 0 to 255 (or a \
+name: dccp, gre, icmp, icmpv6, sctp, tcp, udp, udplite)
+    """
+    from natfleet.agent import PROTO_NUMBERS
+
+    value = text.strip().lower()
+    names = ", ".join(sorted(PROTO_NUMBERS))
+    if value in PROTO_NUMBERS:
+        return value
+    if value.isascii() and value.isdigit():
+        if int(value) <= 255:
+            return str(int(value))
+        raise argparse.ArgumentTypeError(
+            f"unknown protocol {text!r}: protocol numbers are 0 to 255 (or a name: {names})"
+        )
+    raise argparse.ArgumentTypeError(
+        f"unknown protocol {text!r} (one of {names}, or a number 0-255)"
+    )

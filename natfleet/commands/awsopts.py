@@ -14,6 +14,7 @@ import argparse
 from typing import TYPE_CHECKING, Optional
 
 from natfleet.config import Config, load_config
+from natfleet.errors import ConfigError
 from natfleet.models import Device, HostError, Target
 
 if TYPE_CHECKING:  # boto3 is imported only when AWS is really used
@@ -65,8 +66,18 @@ def add_aws_options(parser: argparse.ArgumentParser, address: bool = True) -> No
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The configuration named by ``--config`` (else $NATFLEET_CONFIG, ~/.config, defaults)."""
-    return load_config(getattr(args, "config", None))
+    """The configuration named by ``--config`` (else $NATFLEET_CONFIG, ~/.config, defaults).
+
+    A config that cannot be looked at (``~/.config/natfleet`` mode 000) is a ConfigError
+    naming it, never a PermissionError traceback."""
+    try:
+        return load_config(getattr(args, "config", None))
+    except OSError as exc:
+        where = exc.filename or getattr(args, "config", None) or "the natfleet config"
+        raise ConfigError(
+            f"{where}: cannot read: {exc.strerror or exc} (fix its permissions, or name "
+            "another file with --config or $NATFLEET_CONFIG)"
+        ) from None
 
 
 def sessions_from_args(args: argparse.Namespace) -> dict[Optional[str], boto3.Session]:

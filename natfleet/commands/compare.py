@@ -10,17 +10,30 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TextIO
+from typing import TYPE_CHECKING, Any, Optional, TextIO
 
+from natfleet.aggregate import INCIDENT, error_record
 from natfleet.commands.awsopts import config_from_args, devices_from_args, sessions_from_args
-from natfleet.commands.gateways import add_time_options
+from natfleet.commands.gateways import add_time_options, metric, window_line
 from natfleet.commands.report import exit_code, report_problems
 from natfleet.commands.targetopts import add_target_options, run_from_args
 from natfleet.config import Prices, load_prices
 from natfleet.errors import ExitCode
-from natfleet.output import NO_DATA, add_format_option, human, safe, warn, write_json, write_records
+from natfleet.models import HostError
+from natfleet.output import (
+    Column,
+    add_output_options,
+    format_cell,
+    safe,
+    status_line,
+    terminal_width,
+    warn,
+    write_lines,
+    write_output,
+)
 
 if TYPE_CHECKING:  # boto3 is imported only when AWS is really used
     from natfleet.compare import Comparison
@@ -29,21 +42,23 @@ EXAMPLES = """\
 examples:
   natfleet compare                        last 3 hours: every NAT instance and NAT gateway found
   natfleet compare --since 1d --period 1h --plot compare.png
+  natfleet compare -o wide
   natfleet compare --prices my-prices.toml --format json
-columns (NAT instance | NAT gateway):
-  conns_now    TCP SNAT ESTABLISHED conntrack entries now (agent) | last ActiveConnectionCount
-  conns_peak   a CloudWatch agent's fck-nat ConnectionEstablishedCount | ActiveConnectionCount
-  bytes, pkts  AWS/EC2 NetworkOut/In (the whole ENI) | BytesOutToDestination/InFromDestination
-  drops        conntrack drop + early_drop since boot | PacketsDropCount in the window
-  port_err     conntrack insert_failed since boot | ErrorPortAllocation in the window
-  ena_exc      ENA *_allowance_exceeded counters since boot | n/a
-  fill         nf_conntrack_count / nf_conntrack_max | n/a
-  port_use     busiest (NAT address, destination) share of ip_local_port_range |
-               <= peak ActiveConnectionCount / (55,000 x addresses): an upper bound
-  per_month    hourly price x 730 | 730 gateway-hours + GB processed (BytesInFromSource +
-               BytesInFromDestination in the window, scaled to 30 days); transfer not included
-'no data' means CloudWatch or the agent gave nothing (never 0); 'no price' means the instance
-type is not in the price list. Prices are estimates: config/prices.toml (us-east-1) built in,
+columns (NAT instance | NAT gateway; JSON and CSV keys in brackets):
+  CONNS NOW  TCP SNAT ESTABLISHED conntrack entries now (agent) | last ActiveConnectionCount
+  PEAK       a CloudWatch agent's fck-nat ConnectionEstablishedCount | ActiveConnectionCount
+  BYTES OUT  AWS/EC2 NetworkOut/In (the whole ENI) | BytesOutToDestination/InFromDestination
+             (BYTES IN, PKTS OUT, PKTS IN with -o wide)
+  DROPS      conntrack drop + early_drop since boot | PacketsDropCount in the window
+  PORT ERR   conntrack insert_failed since boot | ErrorPortAllocation in the window
+  FILL       nf_conntrack_count / nf_conntrack_max | n/a  [table_fill_pct]
+  PORT USE   busiest (NAT address, destination) share of ip_local_port_range |
+             <= peak ActiveConnectionCount / (55,000 x addresses): an upper bound
+  PER MONTH  hourly price x 730 | 730 gateway-hours + GB processed (BytesInFromSource +
+             BytesInFromDestination in the window, scaled to 30 days); transfer not included
+  ENA EXC    (-o wide) ENA *_allowance_exceeded counters since boot | n/a
+'-' means CloudWatch or the agent gave nothing (never 0); 'no price' means the instance type
+is not in the price list. Prices are estimates: config/prices.toml (us-east-1) built in,
 [prices] file in the config or --prices FILE to override.
 exit codes: 0 every instance answered, 1 error, 2 usage, 3 some instances failed (rows say why)
 """
@@ -76,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also draw the compared series over time into FILE.png "
         "(needs matplotlib: pip install 'natfleet[plot]')",
     )
-    add_format_option(parser)
+    add_output_options(parser)
     add_target_options(parser)
     parser.set_defaults(func=run)
 
@@ -92,30 +107,42 @@ def run(args: argparse.Namespace) -> int:
     found = devices_from_args(args, config, gateways=True)
     devices = cloudwatch.select_gateways(found, args.nat_gateway_id)
     results = run_from_args(args, compare.AGENT_REQUEST, devices, allow_empty=True)
-    report = compare.compare(sessions_from_args(args), devices, results, prices, window)
+    with status_line(sys.stderr) as show:
+        report = compare.compare(sessions_from_args(args), devices, results, prices, window, show)
     if not report.rows:
         warn("no NAT instances or NAT gateways found")
     out = sys.stdout
-    write_comparison(out, args.format, report)
+    errors = [error_record(r) for r in results if isinstance(r, HostError)]
+    write_comparison(out, args.format, report, wide=args.wide, errors=errors)
     if args.plot:
         compare.write_plot(args.plot, report.rows, report.metrics, window)
         warn(f"plot written to {args.plot}")
-    report_problems(results, out if args.format == "table" else None)
+    report_problems(results, out if args.format == "table" else None, out=out)
     return exit_code(results) if results else ExitCode.OK
 
 
-def write_comparison(out: TextIO, fmt: str, report: Comparison) -> None:
-    """JSON: ``{window, prices, rows}``; CSV: every row key (the price footer on stderr);
-    table: :func:`write_table`."""
-    from natfleet import compare
-
-    if fmt == "json":
-        write_json(out, report.to_json())
+def write_comparison(
+    out: TextIO,
+    fmt: str,
+    report: Comparison,
+    wide: bool = False,
+    errors: Sequence[Mapping[str, Any]] = (),
+) -> None:
+    """JSON: the envelope with ``window`` and ``prices``, the rows as
+    :data:`natfleet.compare.ROW_KEYS` (``conntrack`` and ``ena`` as objects) and the
+    instances that could not be read as ``errors``; jsonl: a row a line; CSV: one plain
+    value a cell (the conntrack counters in columns of their own; the price footer on
+    stderr); table: :func:`write_table`."""
+    meta = {"window": report.window.to_json(), "prices": prices_json(report.prices)}
+    records = [compare_record(r) for r in report.rows]
+    if fmt in ("json", "jsonl"):
+        rows = report.rows
+        write_output(out, fmt, "compare", records, COLUMNS, meta=meta, errors=errors, rows=rows)
     elif fmt == "csv":
-        write_records(out, "csv", report.rows, compare.ROW_KEYS)
+        write_output(out, "csv", "compare", records, COLUMNS)
         warn(prices_footer(report.prices))
     else:
-        write_table(out, report.rows, report.window, report.prices)
+        write_table(out, records, report.window, report.prices, wide)
 
 
 def prices_from_args(args: argparse.Namespace, config: Any) -> Prices:
@@ -130,77 +157,143 @@ def prices_footer(prices: Prices) -> str:
 
     Example:
         >>> prices_footer(Prices())
-        'per_month: estimates (us-east-1, USD, on-demand) from the built-in price list ...'
+        'PER MONTH: estimates (us-east-1, USD, on-demand, data transfer not included) from ...'
     """
     where = str(prices.path) if prices.path else "the built-in price list (config/prices.toml)"
     kind = "estimates" if prices.estimate else "prices"
     return (
-        f"per_month: {kind} ({prices.region}, {prices.currency}, on-demand) from {where}; "
-        "data transfer not included"
+        f"PER MONTH: {kind} ({prices.region}, {prices.currency}, on-demand, data transfer "
+        f"not included) from {where}"
     )
 
 
-def _pct(value: float) -> str:
-    return f"{value:.2f}%"
+def prices_json(prices: Prices) -> dict[str, Any]:
+    from natfleet.compare import prices_json as as_json
+
+    return as_json(prices)
 
 
-def _bytes(value: float) -> str:
-    return human(value, "B")
-
-
-# (table column, row key, how a known value is shown)
-TABLE_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
-    ("conns_now", "conns_now", human),
-    ("conns_peak", "conns_peak", human),
-    ("bytes_out", "bytes_out", _bytes),
-    ("bytes_in", "bytes_in", _bytes),
-    ("pkts_out", "packets_out", human),
-    ("pkts_in", "packets_in", human),
-    ("drops", "drops", human),
-    ("port_err", "port_errors", human),
-    ("ena_exc", "ena_exceeded", human),
-    ("fill", "table_fill_pct", _pct),
-    ("port_use", "port_pressure_pct", _pct),
-)
-HEADERS = ("device", "kind", "type", *(c for c, _, _ in TABLE_COLUMNS), "per_month", "note")
-
-
-def table_record(row: dict[str, Any]) -> dict[str, str]:
-    """A row as table cells: 'no data' for None, 'n/a' where the column means nothing for
-    the kind, '<=' before an upper bound.
+def compare_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A compare row as a flat record: ``short_label`` (the Name, else the ID) for the
+    compact table, the conntrack counters as ``conntrack_<counter>`` (the per-interface ENA
+    counters stay in JSON; ``ena_exceeded`` is their sum).
 
     Example:
-        >>> table_record(gateway_row)["port_use"], table_record(gateway_row)["fill"]
-        ('<=0.73%', 'n/a')
+        >>> r = compare_record({"name": "", "id": "nat-1", "conntrack": {"drop": 1}})
+        >>> r["short_label"], r["conntrack_drop"], "conntrack" in r
+        ('nat-1', 1, False)
     """
-    cells = {"device": row["label"], "kind": row["kind"], "type": row["type"] or "?"}
-    from natfleet.compare import NOT_APPLICABLE
-
-    for column, key, show in TABLE_COLUMNS:
-        value = row.get(key)
-        if key in NOT_APPLICABLE[row["kind"]]:
-            cells[column] = "n/a"
-        else:
-            cells[column] = NO_DATA if value is None else show(value)
-    if row["port_pressure_bound"] and row["port_pressure_pct"] is not None:
-        cells["port_use"] = "<=" + cells["port_use"]
-    cost = row["monthly_cost"]
-    cells["per_month"] = f"{cost:,.2f} {row['currency']}" if cost is not None else row["cost_note"]
-    cells["note"] = row["error"] or ""
-    return cells
+    record = {k: v for k, v in row.items() if k not in ("conntrack", "ena")}
+    record["short_label"] = row.get("name") or row.get("id")
+    for key, value in (row.get("conntrack") or {}).items():
+        record[f"conntrack_{key}"] = value
+    return record
 
 
-def write_table(out: TextIO, rows: Sequence[dict[str, Any]], window: Any, prices: Prices) -> None:
+def _not_applicable(key: str) -> Any:
+    """A cell: ``n/a`` where the column means nothing for the row's kind, else the value."""
+
+    def cell(record: Mapping[str, Any]) -> Any:
+        from natfleet.compare import NOT_APPLICABLE
+
+        if key in NOT_APPLICABLE.get(record.get("kind", ""), ()):
+            return "n/a"
+        return record.get(key)
+
+    return cell
+
+
+def port_use_cell(record: Mapping[str, Any]) -> Optional[str]:
+    """``0.01%``, or ``<=0.73%`` for a gateway's upper bound; None without data.
+
+    Example:
+        >>> port_use_cell({"port_pressure_pct": 0.727, "port_pressure_bound": True})
+        '<=0.73%'
+    """
+    value = record.get("port_pressure_pct")
+    if value is None:
+        return None
+    text = format_cell(value, "pct")
+    return "<=" + text if record.get("port_pressure_bound") else text
+
+
+def cost_cell(record: Mapping[str, Any]) -> Optional[str]:
+    """``3.07 USD``, else the reason there is no cost (``no price``); None: no data.
+
+    Example:
+        >>> cost_cell({"monthly_cost": 71.73, "currency": "USD"}), cost_cell({"cost_note": ""})
+        ('71.73 USD', None)
+    """
+    cost = record.get("monthly_cost")
+    if cost is not None:
+        return f"{cost:,.2f} {record.get('currency') or ''}".rstrip()
+    return record.get("cost_note") or None
+
+
+COLUMNS = (
+    Column("label", "DEVICE", short="short_label", shrink=True),
+    Column("kind", "KIND"),
+    Column("id", "ID", table=False),  # in the table: the wide DEVICE, "Name (id)"
+    Column("name", "NAME", table=False),
+    Column("region", "REGION", wide=True),
+    Column("type", "TYPE", wide=True),
+    metric("conns_now", "CONNS NOW"),
+    metric("conns_peak", "PEAK"),
+    metric("bytes_out", "BYTES OUT", "bytes"),
+    metric("bytes_in", "BYTES IN", "bytes", wide=True),
+    metric("packets_out", "PKTS OUT", wide=True),
+    metric("packets_in", "PKTS IN", wide=True),
+    metric("drops", "DROPS"),
+    metric("port_errors", "PORT ERR"),
+    Column("counters", "COUNTERS", wide=True),
+    metric("ena_exceeded", "ENA EXC", cell=_not_applicable("ena_exceeded"), wide=True),
+    metric("table_fill_pct", "FILL", "pct", _not_applicable("table_fill_pct")),
+    metric("port_pressure_pct", "PORT USE", "text", port_use_cell),
+    Column("port_pressure_bound", "BOUND", table=False),
+    metric("gb_month", "GB/MONTH", "num", _not_applicable("gb_month"), wide=True),
+    metric("monthly_cost", "PER MONTH", "text", cost_cell),
+    Column("currency", "CURRENCY", table=False),
+    Column("cost_note", "COST NOTE", table=False),
+    *(Column(f"conntrack_{key}", key.upper(), table=False) for key in INCIDENT),
+    Column("error", "ERROR", shrink=True),
+)
+
+
+def write_table(
+    out: TextIO,
+    records: Sequence[Mapping[str, Any]],
+    window: Any,
+    prices: Prices,
+    wide: bool = False,
+) -> None:
     """The window, the table, and what the cells mean where the kinds differ."""
-    start, end = (t.strftime("%Y-%m-%d %H:%M:%S") for t in (window.start, window.end))
-    out.write(f"window {start} to {end} UTC, {window.period} s points\n")
-    write_records(out, "table", [table_record(r) for r in rows], HEADERS)
-    out.write(
-        "drops/port_err/ena_exc: instances since boot (conntrack, ENA), gateways in the window\n"
-    )
-    if any(r["port_pressure_bound"] for r in rows):
-        out.write(
-            "port_use <=: a gateway's upper bound, peak connections / (55,000 x addresses); "
-            "CloudWatch has no per-destination count\n"
+    if not records:
+        return
+    out.write(window_line(window) + "\n")
+    write_output(out, "table", "compare", records, COLUMNS, wide=wide)
+    notes = [
+        "DROPS, PORT ERR: instances since boot (conntrack), gateways in the window; "
+        "-: no data (never 0)"
+    ]
+    if any(r.get("port_pressure_bound") for r in records):
+        notes.append(
+            "PORT USE <=: a gateway's upper bound, peak connections / (55,000 x addresses)"
         )
-    out.write(safe(prices_footer(prices)) + "\n")
+    notes.append(prices_footer(prices))
+    write_lines(out, wrapped([safe(n) for n in notes], terminal_width(out)))
+
+
+def wrapped(lines: Sequence[str], width: Optional[int]) -> list[str]:
+    """``lines`` wrapped at spaces to ``width`` columns (continuations indented by two);
+    as they are when ``width`` is None (a pipe or a file).
+
+    Example:
+        >>> wrapped(["PER MONTH: estimates from the built-in price list"], 30)
+        ['PER MONTH: estimates from the', '  built-in price list']
+    """
+    if not width:
+        return list(lines)
+    out: list[str] = []
+    for line in lines:
+        out += textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False) or [""]
+    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from natfleet.aggregate import error_record, merge_flows
+from natfleet.aggregate import box_meta, count_lines, error_record, merge_flows
 from natfleet.commands.flowopts import (
     NETSTAT_EPILOG,
     add_flow_options,
@@ -19,7 +19,7 @@ from natfleet.commands.flowopts import (
 )
 from natfleet.commands.report import exit_code, report_problems
 from natfleet.commands.targetopts import add_target_options, run_from_args
-from natfleet.models import HostError
+from natfleet.models import HostError, HostResult
 from natfleet.render import write_flows
 
 EXAMPLES = """examples:
@@ -27,6 +27,7 @@ EXAMPLES = """examples:
   natfleet conns -nN --tag Role=nat -p tcp -S -r dst-port
   natfleet conns -n --host root@198.19.255.11 --host nat-b -d 203.0.113.5
   natfleet conns -n --local --format csv     this box, through the fleet path
+  natfleet conns -n --format jsonl | jq -c 'select(.status == "UNREPLIED")'
 exit codes: 0 every box answered, 1 error, 2 usage, 3 some boxes failed (rows say why)
 """
 
@@ -47,12 +48,32 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    results = run_from_args(args, request_from_args(args))
+    request = request_from_args(args)
+    results = run_from_args(args, request)
     merged = merge_flows(results, args.sort).head(args.limit)
     style = style_from_args(args)
     style.host_column = "Host"
     fmt = args.format or "netstat"
     errors = [error_record(r) for r in results if isinstance(r, HostError)]
-    write_flows(sys.stdout, fmt, merged.flows, style, merged.targets, errors, merged.names)
-    report_problems(results, sys.stdout if fmt == "netstat" else None)
+    meta = {
+        "filters": request["filters"],
+        "sort": request["sort"],
+        "limit": request["limit"],
+        "boxes": [box_meta(r) for r in results if isinstance(r, HostResult)],
+    }
+    write_flows(
+        sys.stdout,
+        fmt,
+        merged.flows,
+        style,
+        merged.targets,
+        errors,
+        merged.names,
+        command="conns",
+        wide=args.wide,
+        meta=meta,
+        counts=count_lines(results),
+    )
+    text = sys.stdout if fmt in ("netstat", "table") else None
+    report_problems(results, text, out=sys.stdout)
     return exit_code(results)

@@ -15,13 +15,23 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import Optional
 
 from natfleet.errors import ExitCode, LabError
 
-EXAMPLES = """examples:
-  sudo natfleet demo               lab up, discover, summary, conns, compare, lab down
-  sudo natfleet demo --boxes 2 --keep
-"""
+
+def examples() -> str:
+    """The help's examples, with a root command that works in this install."""
+    from natfleet.invocation import root_command
+
+    sudo = root_command()
+    return (
+        "examples:\n"
+        f"  {sudo} demo\n"
+        "      lab up, discover, summary, conns, compare, lab down (a lab already up stays up)\n"
+        f"  {sudo} demo --boxes 2 --keep\n"
+        "  sudo ./dev demo      from a fresh clone: installs what is missing first\n"
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Build the local lab, run discover, summary, conns, compare and local "
         "against it, then tear it down. Everything stays inside the lab's own network "
         "namespaces and 127.0.0.1.",
-        epilog=EXAMPLES,
+        epilog=examples(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--boxes", type=int, default=3, help="NAT boxes in the lab (default 3)")
@@ -51,21 +61,32 @@ def steps() -> list[tuple[list[str], bool]]:
     ]
 
 
-def _already_up(boxes: int) -> bool:
-    """True when a lab of ``boxes`` boxes is running already (the demo then leaves it up)."""
+def running_boxes() -> Optional[int]:
+    """How many boxes the lab that is up has, or None when none is (the demo then leaves
+    a lab it did not start up, as it found it)."""
     from natfleet import lab
 
     try:
         state = lab.load_state()
     except LabError:
-        return False
-    return len(state.boxes) == boxes and lab.is_running(state)
+        return None
+    return len(state.boxes) if lab.is_running(state) else None
 
 
 def run(args: argparse.Namespace) -> int:
     from natfleet import lab
+    from natfleet.invocation import root_command
 
-    keep = args.keep or _already_up(args.boxes)
+    if os.geteuid() != 0:  # said here: the lab's own check would advise 'lab up'
+        raise LabError(f"the demo needs root (network namespaces, iptables): {root_command()} demo")
+    before = running_boxes()
+    if before is not None and before != args.boxes:
+        sudo = root_command()
+        raise LabError(
+            f"a lab of {before} boxes is up already and the demo leaves it as it is: run "
+            f"'{sudo} demo --boxes {before}' to use it, or '{sudo} lab down' first"
+        )
+    keep = args.keep or before is not None
     state = lab.up(boxes=args.boxes, log=lambda msg: print(f"lab: {msg}", flush=True))
     env = {**os.environ, **state.env()}
     failures = 0
@@ -79,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             print("lab: left up (it was up before the demo, or --keep); use it with:")
             for key, value in state.env().items():
                 print(f"  export {key}={value}")
+            print(f"lab: take it down with: {root_command()} lab down")
     if failures:
         raise LabError(f"{failures} demo step(s) failed (see above)")
     return ExitCode.OK

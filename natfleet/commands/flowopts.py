@@ -15,7 +15,7 @@ from typing import Any
 from natfleet.agent import SORT_KEYS, AgentError, Request
 from natfleet.commands.argtypes import positive
 from natfleet.errors import UsageError
-from natfleet.output import add_format_option
+from natfleet.output import add_output_options
 from natfleet.render import FORMATS, NetstatStyle
 
 NETSTAT_EPILOG = """netstat-nat flags keep their letters and meanings, done right: numeric sorting,
@@ -24,7 +24,8 @@ NAT host shows the original destination port, port-only NAT (REDIRECT) counts as
 
 
 def add_flow_options(parser: argparse.ArgumentParser) -> None:
-    """-n -p -s -d -S -D -L -R -x -r -o -N and --format/--top/--limit."""
+    """-n -p -s -d -S -D -L -R -x -r -o -N, --format (netstat text by default) and --wide
+    (full target labels, every table column), --limit."""
     g = parser.add_argument_group("netstat-nat flags")
     g.add_argument("-n", dest="numeric", action="store_true", help="no name lookups")
     g.add_argument("-p", dest="proto", metavar="PROTO", help="protocol: tcp, udp, icmp, ... or N")
@@ -46,7 +47,7 @@ def add_flow_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "-R", dest="routed", action="store_true", help="only connections routed without NAT"
     )
-    g.add_argument("-x", dest="wide", action="store_true", help="wide address columns")
+    g.add_argument("-x", dest="wide_addresses", action="store_true", help="wide address columns")
     g.add_argument(
         "-r",
         dest="sort",
@@ -56,7 +57,7 @@ def add_flow_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("-o", dest="no_header", action="store_true", help="no header line")
     g.add_argument("-N", dest="nat_host", action="store_true", help="show the NAT-host column")
-    add_format_option(parser, FORMATS, default=None)
+    add_output_options(parser, FORMATS, default="netstat", short_o=False)
     parser.add_argument(
         "--limit", type=positive(int), metavar="N", help="print at most N rows (after sorting)"
     )
@@ -126,7 +127,7 @@ def style_from_args(args: argparse.Namespace) -> NetstatStyle:
     untranslated = (args.to_box or args.routed) and not (args.snat or args.dnat)
     return NetstatStyle(
         nat_host=args.nat_host,
-        wide=args.wide,
+        wide=args.wide_addresses,
         header=not args.no_header,
         untranslated=bool(untranslated),
         service_names=not args.numeric,

@@ -10,23 +10,32 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import shlex
 import sys
 from collections.abc import Sequence
 from typing import TextIO
 
 from natfleet import lab
-from natfleet.errors import ExitCode
-from natfleet.output import add_format_option, iso_time, safe, warn, write_json, write_records
+from natfleet.errors import ExitCode, LabError
+from natfleet.invocation import root_command
+from natfleet.output import (
+    Column,
+    add_output_options,
+    iso_time,
+    safe,
+    warn,
+    write_lines,
+    write_output,
+)
 
-# (box_status key, table heading)
 STATUS_COLUMNS = (
-    ("name", "BOX"),
-    ("mgmt_ip", "MGMT"),
-    ("netns", "NETNS"),
-    ("sshd", "SSHD"),
-    ("conntrack", "CONNTRACK"),
-    ("instance_id", "INSTANCE"),
+    Column("name", "BOX"),
+    Column("mgmt_ip", "MGMT IP"),
+    Column("netns", "NETNS", cell=lambda r: "up" if r.get("netns") else "gone"),
+    Column("sshd", "SSHD", cell=lambda r: "up" if r.get("sshd") else "down"),
+    Column("conntrack", "CONNTRACK", kind="int"),
+    Column("instance_id", "INSTANCE"),
 )
 
 
@@ -42,7 +51,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     """Build the lab, then print the lines that point natfleet at it."""
     state = lab.up(boxes=args.boxes, aws=not args.no_aws, log=_log, lifetime=args.lifetime)
     _log(f"ssh: ssh -F {state.ssh_config} {state.boxes[0].name}")
-    _log('to use it (or: eval "$(natfleet lab env)"):')
+    _log(f'to use it (or: eval "$({root_command()} lab env)"):')
     print("\n".join(_env_lines(state)))
     return ExitCode.OK
 
@@ -53,35 +62,27 @@ def cmd_down(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _root_state(action: str) -> lab.LabState:
+    """The lab's state, which only root may read (say so, naming the command to run)."""
+    if os.geteuid() != 0:
+        raise LabError(f"the lab's state is root's: {root_command()} lab {action}")
+    return lab.load_state()
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     """Print ``export VAR=value`` lines for a running lab."""
-    print("\n".join(_env_lines(lab.load_state())))
+    print("\n".join(_env_lines(_root_state("env"))))
     return ExitCode.OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """One row per box: namespace, sshd, conntrack entries; 1 when something is down."""
-    state = lab.load_state()
+    state = _root_state("status")
     rows = lab.box_status(state)
     ends = datetime.datetime.fromtimestamp(state.started + state.lifetime, datetime.timezone.utc)
-    write_status(sys.stdout, args.format, rows, state, ends)
+    write_status(sys.stdout, args.format, rows, state, ends, wide=args.wide)
     healthy = all(row["netns"] and row["sshd"] for row in rows)
     return ExitCode.OK if healthy else ExitCode.ERROR
-
-
-def status_record(row: dict[str, object]) -> dict[str, object]:
-    """A box_status row as table cells: up/gone, up/down, ``-`` for unknown.
-
-    Example:
-        >>> status_record({"name": "nflab-box1", "mgmt_ip": "198.19.255.11", "netns": True,
-        ...                "sshd": False, "conntrack": None, "instance_id": None})["sshd"]
-        'down'
-    """
-    return {
-        **row,
-        "netns": "up" if row["netns"] else "gone",
-        "sshd": "up" if row["sshd"] else "down",
-    }
 
 
 def write_status(
@@ -90,34 +91,24 @@ def write_status(
     rows: Sequence[dict[str, object]],
     state: lab.LabState,
     ends: datetime.datetime,
+    wide: bool = False,
 ) -> None:
-    """Table: the boxes, then where the state is and when the processes stop; JSON:
-    ``{"boxes", "state_dir", "stops_at", "aws_endpoint"}``; CSV: the boxes."""
-    endpoint = state.aws.get("endpoint_url")
-    if fmt == "json":
-        write_json(
-            out,
-            {
-                "boxes": list(rows),
-                "state_dir": str(state.state_dir),
-                "stops_at": iso_time(ends),
-                "aws_endpoint": endpoint or None,
-            },
-        )
-        return
-    columns = [key for key, _ in STATUS_COLUMNS]
-    if fmt == "csv":
-        write_records(out, "csv", rows, columns)
-        return
-    headers = [heading for _, heading in STATUS_COLUMNS]
-    write_records(out, "table", [status_record(r) for r in rows], columns, headers)
-    out.write(safe(f"state: {state.state_dir}; processes stop by {iso_time(ends)}") + "\n")
-    if endpoint:
-        out.write(safe(f"AWS API (moto): {endpoint}") + "\n")
+    """Table: the boxes (namespace up/gone, sshd up/down), then where the state is and when
+    the processes stop (ISO 8601 UTC); JSON: the envelope with ``state_dir``, ``stops_at``
+    and ``aws_endpoint``, a box a row; CSV and jsonl: the boxes."""
+    endpoint = state.aws.get("endpoint_url") or None
+    meta = {"state_dir": str(state.state_dir), "stops_at": iso_time(ends), "aws_endpoint": endpoint}
+    write_output(out, fmt, "lab status", rows, STATUS_COLUMNS, wide=wide, meta=meta)
+    if fmt == "table":
+        lines = [f"state: {state.state_dir}; processes stop by {iso_time(ends)}"]
+        if endpoint:
+            lines.append(f"AWS API (moto): {endpoint}")
+        write_lines(out, [safe(line) for line in lines])
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``natfleet lab`` and its actions."""
+    ROOT = root_command()  # how the help's examples name natfleet as root
     parser = subparsers.add_parser(
         "lab",
         help="build or remove the local NAT-box lab (network namespaces, needs root)",
@@ -125,9 +116,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "a DNAT forward per box, sshd on 198.19.255.(10+i), real TCP/UDP/ICMP traffic, and a "
         "moto AWS API that lists the boxes. State and SSH files live in /run/natfleet-lab "
         "($NATFLEET_LAB_DIR); your ~/.ssh is never touched.",
-        epilog="examples:\n  sudo natfleet lab up --boxes 3\n"
-        '  eval "$(sudo natfleet lab env)" && natfleet summary\n'
-        "  sudo natfleet lab status\n  sudo natfleet lab down",
+        epilog=f"examples:\n  {ROOT} lab up --boxes 3\n"
+        f'  eval "$({ROOT} lab env)" && natfleet summary\n'
+        f"  {ROOT} lab status\n  {ROOT} lab down",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="lab_action", metavar="ACTION", required=True)
@@ -135,7 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "up",
         help="build the lab and print the variables to use it",
         description="Build N NAT boxes with traffic and sshd; print `export` lines to use them.",
-        epilog="example:\n  sudo natfleet lab up --boxes 2 --no-aws",
+        epilog=f"example:\n  {ROOT} lab up --boxes 2 --no-aws",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     up.add_argument("--boxes", type=int, default=3, metavar="N", help="NAT boxes (default 3)")
@@ -153,19 +144,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "down",
             cmd_down,
             "remove every lab namespace, process and file",
-            "sudo natfleet lab down",
+            f"{ROOT} lab down",
         ),
         (
             "status",
             cmd_status,
             "show each box: namespace, sshd, conntrack entries",
-            "sudo natfleet lab status",
+            f"{ROOT} lab status",
         ),
         (
             "env",
             cmd_env,
             "print export lines that point natfleet at the lab",
-            'eval "$(sudo natfleet lab env)"',
+            f'eval "$({ROOT} lab env)"',
         ),
     ):
         action = actions.add_parser(
@@ -176,5 +167,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         if name == "status":
-            add_format_option(action)
+            add_output_options(action)
         action.set_defaults(func=func)

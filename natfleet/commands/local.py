@@ -21,16 +21,18 @@ from natfleet.commands.flowopts import (
     request_from_args,
     style_from_args,
 )
-from natfleet.commands.report import malformed_notes
+from natfleet.commands.report import malformed_notes, say_footer
 from natfleet.errors import ExitCode, TableError, UsageError
+from natfleet.invocation import rerun_as_root, root_command
 from natfleet.output import warn
 from natfleet.render import netstat_header, netstat_row, write_flows, write_lines
 
 EXAMPLES = """examples:
-  sudo natfleet local -nN              every translation, with the NAT-host column
-  sudo natfleet local -n -p tcp -S -r dst-port
-  sudo natfleet local -n -L            connections to the box itself
+  {root} local -nN              every translation, with the NAT-host column
+  {root} local -n -p tcp -S -r dst-port
+  {root} local -n -L            connections to the box itself
   natfleet local -n --input table.txt  a saved /proc/net/nf_conntrack or conntrack -L dump
+  {root} local -n --format jsonl   one JSON object per connection (status, state, flags)
 """
 
 
@@ -40,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="this machine's translations (netstat-nat compatible)",
         description="Read this machine's conntrack table (or a saved dump) and print every "
         "translated connection, netstat-nat style. " + NETSTAT_EPILOG,
-        epilog=EXAMPLES,
+        epilog=EXAMPLES.format(root=root_command()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_flow_options(parser)
@@ -72,14 +74,20 @@ def serve(request: dict, sources: agent.LocalSources | agent.DumpSources, projec
     except agent.AgentError as exc:
         if exc.kind == "bad_request":
             raise UsageError(str(exc)) from None
+        if exc.kind == "permission":  # this machine's table: say the command that works
+            raise TableError(f"{exc}: {rerun_as_root()}") from None
         raise TableError(str(exc)) from None
+
+
+LOCAL_META = ("hostname", "source", "count", "max", "lines", "matched", "warnings", "names")
 
 
 def run(args: argparse.Namespace) -> int:
     request = request_from_args(args)
     style = style_from_args(args)
     out = sys.stdout
-    if (args.format or "netstat") == "netstat" and args.numeric:
+    fmt = args.format or "netstat"
+    if fmt == "netstat" and args.numeric:
         # rows are rendered where they are parsed, so a big table can use several cores
         key = agent.sort_key(args.sort or "src")
         answer, pairs = serve(
@@ -90,18 +98,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         answer, flows = serve(request, sources_for(args.input))
         style.names = answer.get("names") or {}  # this machine's own lookups
-        write_flows(out, args.format or "netstat", flows, style)
+        try:
+            malformed = check_malformed(answer["malformed"]).count
+        except AnswerError:
+            malformed = None
+        meta = {k: answer.get(k) for k in LOCAL_META}
+        meta["malformed"] = malformed
+        write_flows(out, fmt, flows, style, command="local", wide=args.wide, meta=meta)
     for warning in answer["warnings"]:
         warn(warning)
     try:
-        malformed = check_malformed(answer["malformed"])
+        malformed_lines = check_malformed(answer["malformed"])
     except AnswerError as exc:  # the agent's own output: a bug if it ever happens
         raise TableError(f"internal error in the malformed-line count: {exc}") from None
-    footer, details = malformed_notes(malformed, answer["lines"], answer["source"])
+    footer, details = malformed_notes(malformed_lines, answer["lines"], answer["source"])
     for line in details:
         warn(line)
     if footer:
-        if (args.format or "netstat") == "netstat":
-            warn(footer, out=out)
-        warn(footer)
+        say_footer(footer, out if fmt in ("netstat", "table") else None)
     return ExitCode.OK

@@ -6,10 +6,7 @@ Example:
     >>> from natfleet.models import HostError, Target
     >>> targets, _ = api.resolve_targets(inputs=["tests/data/malformed/bad-port.txt"])
     >>> results = api.read_fleet(targets, api.summary_request())
-    >>> report_problems(results, sys.stdout)   # footers on stdout (and stderr), details on stderr
-    ... # doctest: +NORMALIZE_WHITESPACE
-    natfleet: 1 malformed conntrack line(s) on tests/data/malformed/bad-port.txt skipped
-    (of 1 read from tests/data/malformed/bad-port.txt)
+    >>> report_problems(results, io.StringIO())  # not a terminal: the footer goes to stderr
     >>> exit_code(results), exit_code(results + [HostError(Target("nat-b"), "refused")])
     (<ExitCode.OK: 0>, <ExitCode.PARTIAL: 3>)
 """
@@ -23,18 +20,29 @@ from typing import Optional, TextIO
 
 from natfleet.answer import MalformedLines
 from natfleet.errors import ExitCode
-from natfleet.fleet import Outcome, Progress
+from natfleet.fleet import Outcome
 from natfleet.models import HostError
-from natfleet.output import warn
+from natfleet.output import is_terminal, warn
 
 
-def report_problems(results: Sequence[Outcome], footer_to: Optional[TextIO] = None) -> None:
-    """A stderr line per failed box, per malformed line and per warning; malformed footers
-    also go to ``footer_to`` (the text output) so a short table is never silent."""
+def report_problems(
+    results: Sequence[Outcome],
+    footer_to: Optional[TextIO] = None,
+    *,
+    out: Optional[TextIO] = None,
+) -> None:
+    """What went wrong, said once. A failed box is a row of the output in every format, so
+    it is said on stderr too only when the output (``out``, else ``footer_to``, else
+    stdout) is not a terminal (a pipe or a file: the person reads stderr). A malformed-lines
+    footer goes under the text table (``footer_to``) when that is a terminal, else to
+    stderr; their details and the boxes' warnings always go to stderr."""
+    stdout = out or footer_to or sys.stdout
+    on_terminal = is_terminal(stdout)
     for result in results:
         label = result.target.label
         if isinstance(result, HostError):
-            warn(f"{label}: {result.kind}: {result.message}")
+            if not on_terminal:
+                warn(f"{label}: {result.kind}: {result.message}")
             continue
         answer = result.answer
         footer, details = malformed_notes(
@@ -43,11 +51,17 @@ def report_problems(results: Sequence[Outcome], footer_to: Optional[TextIO] = No
         for line in details:
             warn(line)
         if footer:
-            warn(footer)
-            if footer_to is not None:
-                warn(footer, out=footer_to)
+            say_footer(footer, footer_to)
         for warning in result.answer.warnings:
             warn(f"{label}: {warning}")
+
+
+def say_footer(footer: str, footer_to: Optional[TextIO]) -> None:
+    """A footer under the text output when it is a terminal, else on stderr: once."""
+    if footer_to is not None and is_terminal(footer_to):
+        warn(footer, out=footer_to)
+    else:
+        warn(footer)
 
 
 def malformed_notes(
@@ -79,23 +93,3 @@ def exit_code(results: Sequence[Outcome]) -> ExitCode:
     if not failed:
         return ExitCode.OK
     return ExitCode.ERROR if failed == len(results) else ExitCode.PARTIAL
-
-
-def tty_progress(stream: TextIO) -> Optional[Progress]:
-    """A progress callback keeping one updating line on ``stream``, or None when it is not
-    a terminal (pipes and files get no progress text).
-
-    >>> tty_progress(io.StringIO()) is None     # on a terminal: "natfleet: 3/20 boxes answered"
-    True
-    """
-    if not stream.isatty():
-        return None
-
-    def show(done: int, total: int, failed: int) -> None:
-        line = f"natfleet: {done}/{total} boxes answered"
-        if failed:
-            line += f", {failed} failed"
-        stream.write("\r\x1b[K" + line + ("\n" if done == total else ""))
-        stream.flush()
-
-    return show

@@ -14,6 +14,7 @@ from typing import TextIO
 from natfleet import api
 from natfleet.aggregate import (
     SUMMARY_COLUMNS,
+    count_lines,
     fleet_total,
     summary_json,
     summary_record,
@@ -21,17 +22,20 @@ from natfleet.aggregate import (
 from natfleet.commands.argtypes import positive
 from natfleet.commands.report import exit_code, report_problems
 from natfleet.commands.targetopts import add_target_options, run_from_args
+from natfleet.invocation import root_command
 from natfleet.models import HostResult
-from natfleet.output import add_format_option, safe, write_json, write_lines, write_records
+from natfleet.output import Column, add_output_options, safe, write_lines, write_output
 
 EXAMPLES = """examples:
   natfleet summary                           every NAT instance found in AWS
   natfleet summary --host nat-a --host nat-b --details
-  sudo natfleet summary --local --format json
-columns: fill_pct is nf_conntrack_count/nf_conntrack_max; tcp_snat_est is comparable to a NAT
-gateway's ActiveConnectionCount; drops are conntrack insert_failed/drop/early_drop; port_pressure
-is the most translated ports toward one (destination, port, protocol) from one NAT address,
-against ip_local_port_range (the NAT-instance form of a gateway's 55,000 limit).
+  {root} summary --local --format json
+columns: FILL is nf_conntrack_count/nf_conntrack_max; TCP EST (tcp_snat_est) is comparable to a
+NAT gateway's ActiveConnectionCount; DROPS is conntrack insert_failed + drop + early_drop (each
+its own column with --wide and in CSV); PORT PRESSURE is the most translated ports toward one
+(destination, port, protocol) from one NAT address, against ip_local_port_range (the
+NAT-instance form of a gateway's 55,000 limit). --wide adds MAX, LOCAL, ROUTED, STATES, the
+drop counters, TOP DESTINATION and MALFORMED.
 exit codes: 0 every box answered, 1 error, 2 usage, 3 some boxes failed (rows say why)
 """
 
@@ -42,10 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="per box: table fill, states, NAT kinds, drops, port pressure, top talkers",
         description="One streaming pass over each box's conntrack table (memory does not "
         "grow with the table): one row per box and a fleet total.",
-        epilog=EXAMPLES,
+        epilog=EXAMPLES.format(root=root_command()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_format_option(parser)
+    add_output_options(parser)
     parser.add_argument(
         "--top", type=positive(int), default=10, help="how many top talkers (default 10)"
     )
@@ -68,20 +72,40 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     results = run_from_args(args, api.summary_request(args.top, args.jobs))
-    out = sys.stdout
-    if args.format == "json":
-        write_json(out, summary_json(results))
+    out, fmt = sys.stdout, args.format
+    if fmt in ("json", "jsonl"):
+        data = summary_json(results)
+        meta = {"total": data["total"]}
+        rows, errors = data["rows"], data["errors"]
+        write_output(out, fmt, "summary", [], SUMMARY_COLUMNS, meta=meta, errors=errors, rows=rows)
     else:
         records = [summary_record(r) for r in results]
-        if len(results) > 1:
-            records.append(fleet_total(results))
-        write_records(out, args.format, records, SUMMARY_COLUMNS)
-        if args.format == "table" and (args.details or len(results) == 1):
+        total = fleet_total(results)
+        if len(results) > 1 and total is not None:
+            records.append(total)
+        counts = count_lines(results)
+        write_output(out, fmt, "summary", records, SUMMARY_COLUMNS, wide=args.wide, counts=counts)
+        if fmt == "table" and (args.details or len(results) == 1):
             for result in results:
                 if isinstance(result, HostResult):
                     write_details(out, result)
-    report_problems(results, out if args.format == "table" else None)
+    report_problems(results, out if args.format == "table" else None, out=out)
     return exit_code(results)
+
+
+TOP_COLUMNS = (
+    Column("top", "TOP"),
+    Column("address", "ADDRESS"),
+    Column("flows", "FLOWS", kind="int"),
+)
+PRESSURE_COLUMNS = (
+    Column("nat_ip", "NAT IP"),
+    Column("dst", "DESTINATION"),
+    Column("dport", "PORT", kind="int"),
+    Column("proto", "PROTO"),
+    Column("ports", "PORTS", kind="int"),
+    Column("pct", "PRESSURE", kind="pct"),
+)
 
 
 def write_details(out: TextIO, result: HostResult) -> None:
@@ -91,9 +115,10 @@ def write_details(out: TextIO, result: HostResult) -> None:
     facts, s = answer.facts, answer.summary
     if s is None:
         return
-    line = f"{result.target.label}: {s.flows} flows"
+    line = f"{result.target.label}: {s.flows:,} flows"
     if facts.max:
-        line += f" in a table of {facts.max} ({s.fill_pct}% full)"
+        fill = "?" if s.fill_pct is None else f"{s.fill_pct:.2f}%"
+        line += f" in a table of {facts.max:,} ({fill} full)"
     write_lines(out, ["", safe(f"{line}, read from {facts.source}")])
     lines = []
     if facts.stats:
@@ -109,11 +134,11 @@ def write_details(out: TextIO, result: HostResult) -> None:
     records = [{"top": "source", "address": a, "flows": n} for a, n in s.top_sources]
     records += [{"top": "destination", "address": a, "flows": n} for a, n in s.top_destinations]
     if records:
-        write_records(out, "table", records, ("top", "address", "flows"))
+        write_output(out, "table", "summary", records, TOP_COLUMNS)
     if s.port_pressure:
         out.write("\n")
         pressure = [vars(p) for p in s.port_pressure]
-        write_records(out, "table", pressure, ("nat_ip", "dst", "dport", "proto", "ports", "pct"))
+        write_output(out, "table", "summary", pressure, PRESSURE_COLUMNS)
     if s.top_error:
         out.write(
             f"  (top counts are approximate: more distinct addresses than the agent keeps; "

@@ -11,9 +11,10 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, TextIO
 
 from natfleet import api
 from natfleet import targets as targets_mod
@@ -22,7 +23,9 @@ from natfleet.commands.awsopts import config_from_args
 from natfleet.config import Config
 from natfleet.errors import NatfleetError, UsageError
 from natfleet.fleet import Outcome, ReadOptions
+from natfleet.invocation import rerun_as_root
 from natfleet.models import Device, HostError, Target
+from natfleet.output import StatusLine, is_terminal
 
 if TYPE_CHECKING:
     from natfleet.ssh import SshOptions
@@ -175,32 +178,96 @@ def ssh_options_from_args(args: argparse.Namespace, config: Optional[Config] = N
     )
 
 
+class BoxProgress(StatusLine):
+    """The fleet read's progress line on a terminal (natfleet.output.StatusLine), as a
+    fleet progress callback ``progress(done, total, failed)``:
+    ``natfleet: 3/20 boxes answered, 1 failed, 16 pending``.
+
+    >>> import io
+    >>> progress = BoxProgress(io.StringIO())
+    >>> progress(4, 20, 1)
+    >>> progress.stream.getvalue()
+    '\\r\\x1b[Knatfleet: 3/20 boxes answered, 1 failed, 16 pending'
+    """
+
+    def __call__(self, done: int, total: int, failed: int) -> None:
+        answered = done - failed
+        self.show(f"{answered}/{total} boxes answered, {failed} failed, {total - done} pending")
+
+
+def box_progress(stream: TextIO) -> Optional[BoxProgress]:
+    """A :class:`BoxProgress` on ``stream`` when it is a terminal (not ``TERM=dumb``), else
+    None: pipes, files and CI logs get no progress text."""
+    if not is_terminal(stream) or os.environ.get("TERM") == "dumb":
+        return None
+    return BoxProgress(stream)
+
+
 def run_from_args(
     args: argparse.Namespace,
     request: dict,
     devices: Optional[list[Device]] = None,
     allow_empty: bool = False,
 ) -> list[Outcome]:
-    """Targets from the options, then the request on all of them (progress on a TTY).
+    """Targets from the options, then the request on all of them. On a terminal, a
+    progress line from the start (AWS discovery, then boxes answered / failed / pending:
+    the fleet reports 0 done first), erased before this returns, so the caller's output
+    starts on a clean line.
 
     Returns one HostResult or HostError per target, in target order; discovered instances
     that cannot be read come last, as errors.
 
     >>> results = run_from_args(args, api.summary_request())   # [HostResult | HostError]
     """
-    from natfleet.commands.report import tty_progress
+    progress = box_progress(sys.stderr)
+    try:
+        return _run(args, request, devices, allow_empty, progress)
+    finally:
+        if progress is not None:
+            progress.clear()
 
+
+def _run(
+    args: argparse.Namespace,
+    request: dict,
+    devices: Optional[list[Device]],
+    allow_empty: bool,
+    progress: Optional[BoxProgress],
+) -> list[Outcome]:
+    if progress is not None and devices is None and not _named(args):
+        progress.show("finding NAT instances in AWS")
     found, errors = resolve_targets_from_args(args, devices)
     if not found and not errors and not allow_empty:
         raise NatfleetError(
             "no NAT instances found (AWS discovery by tag, route table and source/dest "
-            "check: see 'natfleet discover'); name boxes with --host, --hosts-file, --local "
-            "or --input"
+            f"check: see '{_own_command()} discover'); name boxes with --host, --hosts-file, "
+            "--local or --input"
         )
     config = config_from_args(args)
     executor = None
     if any(t.kind == "ssh" for t in found):
         executor = api.ssh_executor(ssh_options_from_args(args, config))
     options = read_options_from_args(args, config)
-    results = api.read_fleet(found, request, executor, options, progress=tty_progress(sys.stderr))
-    return [*results, *errors]
+    results = api.read_fleet(found, request, executor, options, progress=progress)
+    return [*(_advised(r) for r in results), *errors]
+
+
+def _advised(result: Outcome) -> Outcome:
+    """A permission error on this machine's own table, with the command that works."""
+    if isinstance(result, HostError) and (result.kind, result.target.kind) == (
+        "permission",
+        "local",
+    ):
+        return dataclasses.replace(result, message=f"{result.message}: {rerun_as_root()}")
+    return result
+
+
+def _named(args: argparse.Namespace) -> bool:
+    """True when the options name targets (no AWS discovery)."""
+    return bool(args.host or args.hosts_file or args.local or args.input)
+
+
+def _own_command() -> str:
+    from natfleet.invocation import own_command
+
+    return own_command()

@@ -1,10 +1,12 @@
 """The local lab: real Linux NAT boxes in network namespaces, with sshd, traffic and AWS.
 
 ``up`` builds N boxes (see :mod:`natfleet.lab.topology` for the addresses and the resolver
-that keeps every lookup inside the lab), starts one sshd per box on its management address
-and the traffic generators, then seeds a moto server (:mod:`natfleet.lab.aws`; it needs the
-``lab`` extra: ``pip install 'natfleet[lab]'``). ``down`` removes every namespace, process
-and file, ``/etc/netns/nflab-*`` included.
+that keeps every lookup inside the lab), makes the lab's login user with its sudo rule
+(:mod:`natfleet.lab.login`: the boxes are logged into as a NAT instance is), starts one sshd
+per box on its management address and the traffic generators, then seeds a moto server
+(:mod:`natfleet.lab.aws`; it needs the ``lab`` extra: ``pip install 'natfleet[lab]'``).
+``down`` removes every namespace, process and file, ``/etc/netns/nflab-*``, the lab user and
+its sudoers file included.
 
 Example:
     >>> state = up(boxes=3)          # as root: about 2 s, 5 s with the moto AWS API
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from natfleet.errors import LabError
-from natfleet.lab import sshd, topology, traffic
+from natfleet.lab import login, sshd, topology, traffic
 from natfleet.lab.bench import fill_udp
 from natfleet.lab.state import (
     DEFAULT_STATE_DIR,
@@ -132,6 +134,7 @@ def up(
         return current
     if aws:
         _check_aws_extra()  # before anything is removed or built
+    login.check_free()
     if current or netns_list(topology.PREFIX) or topology.mgmt_bridge_exists():
         log("removing the previous lab first")
         down(str(folder), log=log)
@@ -153,7 +156,8 @@ MARKER = ".natfleet-lab"  # in every state folder the lab made: down removes no 
 
 
 def _build(count: int, folder: Path, lifetime: int, log: Log) -> LabState:
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.mkdir(mode=0o711, parents=True, exist_ok=True)
+    folder.chmod(0o711)  # others may pass (the lab user's home is in it), not list
     (folder / MARKER).touch()
     ssh_dir = folder / sshd.SSH_DIR
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
@@ -165,6 +169,7 @@ def _build(count: int, folder: Path, lifetime: int, log: Log) -> LabState:
         known_hosts=str(folder / "known_hosts"),
         key_file=str(ssh_dir / "id_ed25519"),
         lifetime=lifetime,
+        user=login.USER,
     )
     save_state(state)  # so that down() finds a half-built lab
     log(f"namespaces: {topology.INET_NS}, {topology.SRV_NS}, bridge {topology.MGMT_BRIDGE}")
@@ -175,15 +180,18 @@ def _build(count: int, folder: Path, lifetime: int, log: Log) -> LabState:
     # sshd's privilege-separation folder (tmpfs); left in place by down: other sshds need it.
     sshd.PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
     client_public = sshd.keygen(Path(state.key_file), "natfleet lab client")
-    authorized = ssh_dir / "authorized_keys"
+    authorized = ssh_dir / "authorized_keys"  # root's
     authorized.write_text(client_public + "\n")
+    user = login.create(folder, client_public)
+    log(f"login user {user} (shell {login.SHELL}), sudo rule {login.SUDOERS}")
     host_lines = []
     for box in boxes:
-        _pid, host_public = sshd.start_sshd(box, folder, authorized, lifetime)
+        pair = (user, login.authorized_keys_of(folder))
+        _pid, host_public = sshd.start_sshd(box, folder, authorized, lifetime, pair)
         host_lines.append(sshd.known_hosts_line(box, host_public))
     Path(state.known_hosts).write_text("\n".join(host_lines) + "\n")
     Path(state.ssh_config).write_text(
-        sshd.ssh_config(boxes, Path(state.key_file), Path(state.known_hosts))
+        sshd.ssh_config(boxes, Path(state.key_file), Path(state.known_hosts), user)
     )
     traffic.start_traffic(boxes, folder, lifetime)
     sshd.wait_for_ssh(boxes)
@@ -231,6 +239,7 @@ def down(state_dir: Optional[str] = None, log: Log = print) -> None:
     if topology.mgmt_bridge_exists():
         run(["ip", "link", "delete", topology.MGMT_BRIDGE])
         log(f"removed bridge {topology.MGMT_BRIDGE}")
+    login.remove(folder, log)  # (its processes went with the namespaces)
     remove_state_folder(folder, log)
 
 

@@ -1,9 +1,11 @@
 """SSH for the lab: keys, one sshd per box on its management address, known_hosts, ssh_config.
 
 Everything lives under the state folder; the user's ``~/.ssh`` is never read or written.
+The lab's ssh_config logs in as the lab user (:mod:`natfleet.lab.login`), as a NAT instance
+is logged into; ``root@nflab-box1`` logs in as root with the same key.
 
 Example (what ``lab up`` writes, then any OpenSSH or natfleet client can use):
-    $ ssh -F /run/natfleet-lab/ssh_config nflab-box1 conntrack -C
+    $ ssh -F /run/natfleet-lab/ssh_config root@nflab-box1 conntrack -C
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 from natfleet.errors import LabError
 from natfleet.lab.state import LabBox
@@ -26,9 +29,18 @@ def keygen(path: Path, comment: str) -> str:
     return path.with_suffix(".pub").read_text().strip()
 
 
-def sshd_config(box: LabBox, host_key: Path, authorized_keys: Path) -> str:
-    """The sshd_config of one box: its mgmt address only, keys only, root allowed."""
-    return (
+Login = tuple[str, Path]  # a login user and the authorized_keys file sshd reads for it
+
+
+def sshd_config(
+    box: LabBox, host_key: Path, authorized_keys: Path, login: Optional[Login] = None
+) -> str:
+    """The sshd_config of one box: its mgmt address only, keys only, root allowed (with
+    ``authorized_keys``); with ``login``, that user too (with its own keys), and no other.
+
+    The ``Match`` block for ``login`` ends the file: add nothing after it.
+    """
+    text = (
         f"ListenAddress {box.mgmt_ip}\n"
         f"Port {box.ssh_port}\n"
         f"HostKey {host_key}\n"
@@ -46,17 +58,24 @@ def sshd_config(box: LabBox, host_key: Path, authorized_keys: Path) -> str:
         "MaxSessions 64\n"
         "LogLevel VERBOSE\n"
     )
+    if login is None:
+        return text
+    user, keys = login
+    return text + f"AllowUsers root {user}\nMatch User {user}\n    AuthorizedKeysFile {keys}\n"
 
 
-def ssh_config(boxes: Sequence[LabBox], key_file: Path, known_hosts: Path) -> str:
-    """An ssh_config with ``Host nflab-boxN <mgmt ip>`` blocks using the lab key and hosts."""
+def ssh_config(
+    boxes: Sequence[LabBox], key_file: Path, known_hosts: Path, user: str = "root"
+) -> str:
+    """An ssh_config with ``Host nflab-boxN <mgmt ip>`` blocks using the lab key and hosts,
+    logging in as ``user`` (``root@nflab-box1`` still picks root)."""
     blocks = []
     for box in boxes:
         blocks.append(
             f"Host {box.name} {box.mgmt_ip}\n"
             f"    HostName {box.mgmt_ip}\n"
             f"    Port {box.ssh_port}\n"
-            "    User root\n"
+            f"    User {user}\n"
             f"    IdentityFile {key_file}\n"
             "    IdentitiesOnly yes\n"
             f"    UserKnownHostsFile {known_hosts}\n"
@@ -77,14 +96,18 @@ def known_hosts_line(box: LabBox, host_public_key: str) -> str:
 
 
 def start_sshd(
-    box: LabBox, state_dir: Path, authorized_keys: Path, lifetime: int
+    box: LabBox,
+    state_dir: Path,
+    authorized_keys: Path,
+    lifetime: int,
+    login: Optional[Login] = None,
 ) -> tuple[int, str]:
     """Write the box's host key and config, start its sshd; returns (pid, host public key)."""
     ssh_dir = state_dir / SSH_DIR
     host_key = ssh_dir / f"{box.name}_host_ed25519_key"
     public = keygen(host_key, f"{box.name} host key")
     config = ssh_dir / f"{box.name}_sshd_config"
-    config.write_text(sshd_config(box, host_key, authorized_keys))
+    config.write_text(sshd_config(box, host_key, authorized_keys, login))
     log = ssh_dir / f"{box.name}_sshd.log"
     pid = spawn(box.netns, [SSHD, "-D", "-e", "-f", str(config)], log, state_dir, lifetime)
     return pid, public

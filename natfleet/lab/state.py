@@ -54,6 +54,7 @@ class LabState:
     aws: dict[str, Any] = field(default_factory=dict)
     lifetime: int = 7200  # seconds every lab process may live
     started: float = 0.0  # time.time() when `up` finished
+    user: str = "root"  # whom ssh_config logs in as: the lab user (natfleet.lab.login)
 
     def env(self) -> dict[str, str]:
         """Environment variables that point natfleet at the lab.
@@ -102,6 +103,10 @@ def load_state(state_dir: Optional[str] = None) -> LabState:
         data = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise LabError(not_up()) from exc
+    except PermissionError:
+        raise LabError(
+            f"cannot read {path}: the lab's state is root's (run natfleet as root)"
+        ) from None
     except (OSError, ValueError) as exc:
         raise LabError(f"cannot read {path}: {exc}; run '{natfleet} lab down' then up") from exc
     try:

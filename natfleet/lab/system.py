@@ -15,15 +15,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
 from natfleet.errors import LabError
+from natfleet.invocation import SUDO_PATH, command_on
 
-INSTALL_HINT = "apt-get install iptables conntrack netstat-nat openssh-server iproute2"
+INSTALL_HINT = "apt-get install iptables conntrack netstat-nat openssh-server iproute2 sudo"
 TOOLS = (
     "ip",
     "iptables-restore",
@@ -34,6 +34,11 @@ TOOLS = (
     "ssh-keygen",
     "sshd",
     "conntrack",
+    "sudo",
+    "visudo",
+    "useradd",
+    "usermod",
+    "userdel",
 )
 SSHD = "/usr/sbin/sshd"
 
@@ -47,22 +52,9 @@ def netns_argv(netns: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", netns, *argv]
 
 
-SUDO_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # sudo's secure_path
-
-
 def natfleet_command() -> str:
-    """This natfleet as a command that works after ``sudo``: ``natfleet`` when sudo's PATH
-    finds this very one, else its full path (a venv's), else ``<python> -m natfleet``.
-
-    Example (installed in a checkout's venv by ``./dev``): ``/src/natfleet/.venv/bin/natfleet``
-    """
-    script = Path(sys.executable).parent / "natfleet"
-    if not script.is_file():
-        return f"{sys.executable} -m natfleet"
-    found = shutil.which("natfleet", path=SUDO_PATH)
-    if found and Path(found).resolve() == script.resolve():
-        return "natfleet"
-    return str(script)
+    """This natfleet as a command that works after ``sudo`` (natfleet.invocation)."""
+    return command_on(SUDO_PATH)
 
 
 def check_can_run(action: str = "up") -> None:
