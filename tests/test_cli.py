@@ -65,7 +65,9 @@ def test_bad_sort_key_is_a_usage_error(capsys):
 
 
 def test_bad_protocol_is_a_usage_error(capsys):
-    assert main(["local", "-n", "-p", "tcpx", "--input", ROOT_TABLE]) == 2
+    with pytest.raises(SystemExit) as done:
+        main(["local", "-n", "-p", "tcpx", "--input", ROOT_TABLE])
+    assert done.value.code == 2
     assert "unknown protocol 'tcpx'" in capsys.readouterr().err
 
 
@@ -234,7 +236,9 @@ def test_limit_and_top_must_be_positive(capsys):
 
 
 def test_bad_protocol_is_a_usage_error_before_any_box_is_read(capsys):
-    assert main(["conns", "-n", "-p", "tcpx", "--host", "root@127.0.0.1:9"]) == 2
+    with pytest.raises(SystemExit) as done:
+        main(["conns", "-n", "-p", "tcpx", "--host", "root@127.0.0.1:9"])
+    assert done.value.code == 2
     assert "unknown protocol 'tcpx'" in capsys.readouterr().err
 
 

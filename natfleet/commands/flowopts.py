@@ -13,7 +13,7 @@ import socket
 from typing import Any
 
 from natfleet.agent import SORT_KEYS, AgentError, Request
-from natfleet.commands.argtypes import positive
+from natfleet.commands.argtypes import positive, protocol
 from natfleet.errors import UsageError
 from natfleet.output import add_output_options
 from natfleet.render import FORMATS, NetstatStyle
@@ -28,7 +28,13 @@ def add_flow_options(parser: argparse.ArgumentParser) -> None:
     (full target labels, every table column), --limit."""
     g = parser.add_argument_group("netstat-nat flags")
     g.add_argument("-n", dest="numeric", action="store_true", help="no name lookups")
-    g.add_argument("-p", dest="proto", metavar="PROTO", help="protocol: tcp, udp, icmp, ... or N")
+    g.add_argument(
+        "-p",
+        dest="proto",
+        metavar="PROTO",
+        type=protocol,
+        help="protocol: tcp, udp, icmp, ... or N",
+    )
     g.add_argument(
         "-s", dest="src", metavar="HOST", action="append", help="source host, address or CIDR"
     )

@@ -68,6 +68,11 @@ MIN_LIFETIME, MAX_LIFETIME = 30, 7 * 86400
 MAX_BOXES = 200  # 198.19.255.(10+i) must stay a host address
 
 
+def _boxes(n: int) -> str:
+    """``1 box``, ``3 boxes``."""
+    return f"{n} box" if n == 1 else f"{n} boxes"
+
+
 def is_running(state: LabState) -> bool:
     """True when every namespace of ``state`` exists and every box's sshd answers."""
     expected = {box.netns for box in state.boxes} | {box.inside_netns for box in state.boxes}
@@ -127,7 +132,7 @@ def up(
     except LabError:
         current = None
     if current and len(current.boxes) == boxes and is_running(current):
-        log(f"lab already up: {boxes} boxes, state in {folder}")
+        log(f"lab already up: {_boxes(boxes)}, state in {folder}")
         if aws and not current.aws:
             _seed_aws(current, log)
             save_state(current)
@@ -148,7 +153,7 @@ def up(
         raise
     state.started = time.time()
     save_state(state)
-    log(f"lab up in {time.monotonic() - started:.1f} s: {boxes} boxes, state in {folder}")
+    log(f"lab up in {time.monotonic() - started:.1f} s: {_boxes(boxes)}, state in {folder}")
     return state
 
 
