@@ -65,7 +65,8 @@ def count(netns: str) -> int:
 
 
 def fleet_summary(env: dict, hosts: list[str], repeat: int) -> tuple[float, list[dict]]:
-    """Best wall time of ``natfleet summary`` over SSH to ``hosts``, and its JSON boxes."""
+    """Best wall time of ``natfleet summary`` over SSH to ``hosts``, and its JSON rows (one
+    per box that answered)."""
     argv = [*NATFLEET, "summary", "--format", "json", "--parallel", str(len(hosts))]
     for host in hosts:
         argv += ["--host", host]
@@ -77,7 +78,7 @@ def fleet_summary(env: dict, hosts: list[str], repeat: int) -> tuple[float, list
         if done.returncode != 0:
             raise SystemExit(f"bench: natfleet summary failed: {done.stderr.strip()}")
         if took < best:
-            best, boxes = took, json.loads(done.stdout)["boxes"]
+            best, boxes = took, json.loads(done.stdout)["rows"]
     return best, boxes
 
 
