@@ -38,6 +38,7 @@ from typing import Any, Optional
 from natfleet import agent
 from natfleet.agent import Flow
 from natfleet.errors import TargetError
+from natfleet.limits import MESSAGE_CAP, capped
 
 AGENT_VERSION = agent.AGENT_VERSION
 AGENT_ERROR_KINDS = frozenset(("permission", "no_table", "bad_request", "agent"))
@@ -46,7 +47,6 @@ FLAGS = frozenset(token[1:-1] for token in agent.FLAG_TOKENS)
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
 TEXT_CAP = 1000  # characters kept of a free-text field (warnings, malformed examples)
-MESSAGE_CAP = 2000  # characters kept of a box's error message
 NAME_CAP = 253  # a DNS name
 LIST_CAP = 100_000  # entries in any list or dict of a header
 _KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -245,7 +245,7 @@ def _text(value: Any, path: str, cap: int = TEXT_CAP) -> str:
         raise _bad(path, "a string", value)
     if not value.isprintable():
         raise _bad(path, "printable text (the agent escapes what is not)", value)
-    return value if len(value) <= cap else value[:cap] + f"... ({len(value) - cap} more)"
+    return capped(value, cap)
 
 
 def _name(value: Any, path: str, cap: int = NAME_CAP) -> Optional[str]:
@@ -726,16 +726,16 @@ class AnswerReader:
     def feed_raw_answer(self, answer: dict[str, Any]) -> None:
         """Take an answer the agent code produced here from a box's raw dump (or a local or
         file target): the same checks, from a dict with ``rows`` a list."""
-        if self.received or self._header is not None:
+        if self.received or self._header is not None or self._failure is not None:
             raise AnswerError("an answer was already given")
         rows = answer.get("rows")
         header = {k: v for k, v in answer.items() if k != "rows"}
         if self.mode == "list" and answer.get("ok") is True:
             header["rows"] = len(_list(rows, "rows", U32))
-        self.received = 1  # something was answered
         self._take_header(header)
-        for i, row in enumerate(rows or () if self._failure is None else ()):
-            self._flows.append(check_row(row, f"rows[{i}]"))
+        if self._failure is None:
+            for i, row in enumerate(rows or ()):
+                self._flows.append(check_row(row, f"rows[{i}]"))
 
     # ---- finishing
 

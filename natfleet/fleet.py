@@ -26,7 +26,7 @@ from natfleet import agent, remote
 from natfleet.answer import AnswerReader
 from natfleet.config import SshConfig
 from natfleet.errors import TargetError
-from natfleet.limits import AnswerLimits, Deadline
+from natfleet.limits import MESSAGE_CAP, AnswerLimits, Deadline, capped
 from natfleet.models import HostError, HostResult, Target
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 Outcome = Union[HostResult, HostError]
 Progress = Callable[[int, int, int], None]  # (done, total, failed)
 GRACE_SECONDS = 1.0  # how long past its deadline a stuck target is waited for
-MESSAGE_CAP = 2000  # characters of an error message kept
 
 
 @dataclass(frozen=True)
@@ -100,18 +99,14 @@ def run_one(
     try:
         answer, received = _read(target, request, executor, options, deadline)
     except TargetError as exc:
-        return HostError(target, _capped(str(exc)), exc.kind, time.monotonic() - started)
+        message = capped(str(exc), MESSAGE_CAP)
+        return HostError(target, message, exc.kind, time.monotonic() - started)
     except Exception as exc:  # noqa: BLE001 - a bug, reported as this target's row
         log.debug("unexpected error on %s", target.label, exc_info=True)
-        message = f"{type(exc).__name__}: {_capped(str(exc))} (run with --debug for details)"
+        message = capped(str(exc), MESSAGE_CAP)
+        message = f"{type(exc).__name__}: {message} (run with --debug for details)"
         return HostError(target, message, "internal", time.monotonic() - started)
     return HostResult(target, answer, time.monotonic() - started, received)
-
-
-def _capped(message: str) -> str:
-    if len(message) <= MESSAGE_CAP:
-        return message
-    return message[:MESSAGE_CAP] + f"... ({len(message) - MESSAGE_CAP:,} more characters)"
 
 
 def run_fleet(

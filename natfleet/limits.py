@@ -20,6 +20,19 @@ import time
 from dataclasses import dataclass
 
 MiB = 1 << 20
+MESSAGE_CAP = 2000  # characters kept of an error message (the agent's own cap is the same)
+
+
+def capped(text: str, cap: int) -> str:
+    """``text``, cut after ``cap`` characters with a note of how many more there were: what
+    natfleet keeps of a box's free text and of an error message.
+
+    >>> capped("x" * 30, 10)
+    'xxxxxxxxxx... (20 more characters)'
+    """
+    if len(text) <= cap:
+        return text
+    return text[:cap] + f"... ({len(text) - cap:,} more characters)"
 
 
 class Deadline:

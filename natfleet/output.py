@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TextIO, Union
 
 from natfleet.agent import printable
+from natfleet.limits import MESSAGE_CAP
 
 OUTPUT_FORMATS = ("table", "json", "jsonl", "csv")
 ENVELOPE_VERSION = 1  # the "natfleet" key of every JSON document (docs/json.md)
@@ -49,7 +50,7 @@ KINDS = ("text", "int", "num", "pct", "seconds", "bytes")
 NO_DATA = "no data"  # a metric without points: never shown as 0
 SPARKS = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 24
-MESSAGE_LIMIT = 2000  # characters of one stderr or log message (escaped) before it is cut
+MESSAGE_LIMIT = MESSAGE_CAP  # characters of one stderr or log message (escaped) before it is cut
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP CSV injection
 Cell = Union[str, int, float]
 

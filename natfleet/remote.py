@@ -139,7 +139,7 @@ def run_agent(
         second = executor.exec(target, agent.RAW_COMMAND, b"", raw.feed, deadline, max_stderr)
         received = result.received + second.received
         if not raw.size:
-            failure = remote_failure(second, target.label)
+            failure = remote_failure(second, target)
             if failure.kind == "agent":
                 failure = TargetError(
                     f"python3 is not installed on {_label(target, second)} and the shell "
@@ -153,7 +153,7 @@ def run_agent(
         answer["executor"] = "raw"
         sink.feed_raw_answer(answer)
         return ExecResult(second.status, second.stderr, received, second.where, second.user)
-    raise remote_failure(result, target.label)
+    raise remote_failure(result, target)
 
 
 def _python_missing(err: bytes) -> bool:
@@ -173,15 +173,15 @@ def _label(target: Target, result: ExecResult) -> str:
     return target.label if target.label == host else f"{target.label} ({result.where})"
 
 
-def remote_failure(result: ExecResult, name: str) -> TargetError:
+def remote_failure(result: ExecResult, target: Target) -> TargetError:
     """The error for a command that printed nothing on stdout, from its stderr.
 
     >>> remote_failure(ExecResult(1, b"sudo: a password is required", 30, "ec2-user@nat-a:22",
-    ...     "ec2-user"), "nat-a").kind
+    ...     "ec2-user"), Target(name="nat-a", host="nat-a")).kind
     'sudo'
     """
     text = result.stderr.decode("utf-8", "replace")
-    where = name
+    where = _label(target, result)
     last = _tail(result.stderr) or f"exit status {result.status}, no output"
     user = result.user
     if "sudo" in text and ("not found" in text or "No such file" in text):

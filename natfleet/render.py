@@ -1,5 +1,5 @@
 """netstat-nat text and flow records for the listing commands, on top of the output layer
-(:mod:`natfleet.output`, which escapes every string; its writers are importable from here).
+(:mod:`natfleet.output`, which escapes every string).
 
 Every cell made from a box's data (protocol, addresses, names, ports, state, labels) passes
 through :func:`natfleet.output.safe` where the cell is made.
@@ -23,21 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, TextIO
 
 from natfleet.agent import Flow
-from natfleet.output import (  # noqa: F401  (re-exported: render.* stays importable)
-    NO_DATA,
-    SPARK_WIDTH,
-    SPARKS,
+from natfleet.output import (
     Column,
     clip,
     cut,
     ellipsis_for,
-    human,
     is_terminal,
-    json_text,
     safe,
-    sparkline,
     terminal_width,
-    write_json,
     write_lines,
     write_output,
 )

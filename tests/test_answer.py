@@ -250,3 +250,25 @@ def test_own_session_is_checked_and_kept():
     honest["own_flows"] = -1
     with pytest.raises(AnswerError, match="own_flows"):
         read(wire(honest), SUMMARY)
+
+
+def test_every_failure_kind_natfleet_raises_is_listed_and_documented():
+    """models.FAILURE_KINDS is the one list: every kind the transport, the boundary, the
+    fleet and the agent give a failed box is in it, and docs/json.md documents each."""
+    import re
+    from pathlib import Path
+
+    from natfleet.models import FAILURE_KINDS
+
+    root = Path(__file__).resolve().parents[1]
+    raised = set()
+    for name in ("ssh.py", "remote.py", "answer.py", "fleet.py"):
+        for line in (root / "natfleet" / name).read_text().splitlines():
+            if "Target(" not in line:  # a target's own kind (ssh, local, file) is no failure
+                raised |= set(re.findall(r'kind="([a-z_]+)"', line))
+    raised |= set(
+        re.findall(r'AgentError\(\s*"([a-z_]+)"', (root / "natfleet/agent.py").read_text())
+    )
+    assert raised and raised <= set(FAILURE_KINDS), raised - set(FAILURE_KINDS)
+    docs = (root / "docs" / "json.md").read_text()
+    assert [k for k in FAILURE_KINDS if f"`{k}`" not in docs] == []

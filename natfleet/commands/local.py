@@ -24,8 +24,8 @@ from natfleet.commands.flowopts import (
 from natfleet.commands.report import malformed_notes, say_footer
 from natfleet.errors import ExitCode, TableError, UsageError
 from natfleet.invocation import rerun_as_root, root_command
-from natfleet.output import warn
-from natfleet.render import netstat_header, netstat_row, write_flows, write_lines
+from natfleet.output import warn, write_lines
+from natfleet.render import netstat_header, netstat_row, write_flows
 
 EXAMPLES = """examples:
   {root} local -nN              every translation, with the NAT-host column
