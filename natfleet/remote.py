@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
@@ -31,10 +32,11 @@ from natfleet.models import Target
 log = logging.getLogger(__name__)
 
 # -I: no PYTHON* variables, no user site; -S: no site module (the agent is stdlib only, and
-# this saves most of the interpreter's start-up on a box)
+# this saves most of the interpreter's start-up on a box). The program that follows on stdin
+# is zlib-compressed (the bundle of agent modules is about a quarter of its size so).
 REMOTE_COMMAND = (
-    "python3 -I -S -c 'import sys;n=int(sys.stdin.buffer.readline());"
-    'exec(compile(sys.stdin.buffer.read(n),"natfleet-agent","exec"))\''
+    "python3 -I -S -c 'import sys,zlib;n=int(sys.stdin.buffer.readline());"
+    'exec(compile(zlib.decompress(sys.stdin.buffer.read(n)),"natfleet-agent","exec"))\''
 )
 RAW_WARNING = (
     "executor: raw (python3 not found on the box: the table was read with a shell command "
@@ -79,19 +81,53 @@ class Sink(Protocol):
     def feed_raw_answer(self, answer: dict[str, Any]) -> None: ...
 
 
-_AGENT_SOURCE: list[bytes] = []
+# The box-side modules, natfleet.<name>, in load order: all stdlib only, Python 3.6+. Each
+# may import the ones before it (``from natfleet import agent``); agent.main() runs.
+AGENT_MODULES = ("agent",)
+# Run on the box: makes an empty ``natfleet`` package, loads each module under its own name
+# (so dataclasses, pickling by the parallel workers and tracebacks see real module names)
+BUNDLE_LOADER = """import sys,types
+p=types.ModuleType("natfleet");p.__path__=[];sys.modules["natfleet"]=p
+for n,s in SOURCES:
+    m=types.ModuleType("natfleet."+n);m.__file__="natfleet-agent/"+n+".py"
+    sys.modules[m.__name__]=m;setattr(p,n,m);exec(compile(s,m.__file__,"exec"),m.__dict__)
+sys.exit(sys.modules["natfleet.agent"].main())
+"""
+_BUNDLE: list[bytes] = []
+
+
+def agent_bundle() -> bytes:
+    """The agent program REMOTE_COMMAND runs, uncompressed: every AGENT_MODULES source and a
+    loader that runs ``agent.main()``.
+
+    >>> program = agent_bundle()
+    >>> program.startswith(b"SOURCES=((") and b"natfleet.agent" in program
+    True
+    """
+    if not _BUNDLE:
+        here = Path(agent.__file__).parent
+        sources = ",".join(
+            f"({name!r},{(here / f'{name}.py').read_bytes()!r})" for name in AGENT_MODULES
+        )
+        _BUNDLE.append(f"SOURCES=({sources},)\n{BUNDLE_LOADER}".encode("ascii"))
+    return _BUNDLE[0]
+
+
+_COMPRESSED: list[bytes] = []
 
 
 def agent_stdin(request: dict[str, Any]) -> bytes:
-    """What REMOTE_COMMAND reads: the agent's byte length on a line, its source, the request.
+    """What REMOTE_COMMAND reads: the compressed program's byte length on a line, the
+    program (:func:`agent_bundle`, zlib), then the request.
 
-    >>> agent_stdin({"mode": "info"}).split(b"\\n", 1)[0].isdigit()
+    >>> head, rest = agent_stdin({"mode": "info"}).split(b"\\n", 1)
+    >>> zlib.decompress(rest[: int(head)]) == agent_bundle()
     True
     """
-    if not _AGENT_SOURCE:
-        _AGENT_SOURCE.append(Path(agent.__file__).read_bytes())
-    source = _AGENT_SOURCE[0]
-    return b"%d\n" % len(source) + source + json.dumps(request).encode("ascii")
+    if not _COMPRESSED:
+        _COMPRESSED.append(zlib.compress(agent_bundle(), 9))
+    program = _COMPRESSED[0]
+    return b"%d\n" % len(program) + program + json.dumps(request).encode("ascii")
 
 
 class _Capped:
