@@ -2,11 +2,22 @@
 
 Run by hand (not by CI), as root: sudo ./dev bench (set up: sudo .venv/bin/python bench/bench.py)
 
-It builds a one-box lab, fills the box's conntrack table with real UDP flows through its NAT
-(bounded in count and time, inside the lab's namespaces only), and times, best of N runs:
-``cat /proc/net/nf_conntrack``, ``conntrack -L``, ``natfleet summary --local``,
-``natfleet local -n``, and netstat-nat on a smaller table (it is quadratic). It prints each
-time, the ratios against ``conntrack -L``, and the peak RSS of natfleet's summary.
+Three rounds, each on a lab of its own (natfleet.lab.up: the nflab namespaces, so never while
+another lab is up):
+
+1. fleet summary: ``natfleet summary`` over SSH on 1 and on 20 boxes, next to bare OpenSSH.
+2. full tables: 4 boxes, each loaded with 250,000 exact entries (``conntrack -R``,
+   natfleet.lab.bench.load_table; ``nf_conntrack_max`` raised for the run and put back);
+   ``natfleet conns -n`` over SSH to the 4 boxes in netstat text, jsonl and CSV: bytes the
+   boxes sent per flow (counted at each box's management interface), natfleet's own peak RSS
+   and CPU seconds (GNU time: the laptop side only; the boxes' agents and sshd are not its
+   children), and wall time.
+3. one box's table (the first box of round 2): ``cat /proc/net/nf_conntrack``, ``conntrack
+   -L``, ``natfleet summary --local`` (and ``--jobs 1``), ``natfleet local -n``, the same
+   table saved to a file read by ``natfleet conns -n --input`` and ``natfleet local -n
+   --input``, and netstat-nat on a smaller table (it is quadratic); best of N runs each.
+
+It prints every figure with its goal and whether it was met.
 """
 
 from __future__ import annotations
@@ -16,52 +27,78 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from natfleet import lab  # noqa: E402
-from natfleet.lab.bench import fill_udp  # noqa: E402
+from natfleet.lab import topology as topo  # noqa: E402
+from natfleet.lab.bench import conntrack_count, conntrack_max_at_least, load_table  # noqa: E402
+from natfleet.lab.system import netns_argv, run  # noqa: E402
 
 NATFLEET = [sys.executable, "-m", "natfleet"]
-# runs a command under GNU time (its peak RSS, in KiB, is the command's own: a Python
-# wrapper's fork would count the wrapper too) and prints wall time and RSS as JSON
+# runs a command under GNU time (peak RSS in KiB and CPU seconds are the command's own and
+# its children's: a Python wrapper's fork would count the wrapper too), reads its stdout
+# (counting lines) and prints wall time, RSS, CPU and the line count as JSON
 MEASURE = (
     "import json,os,subprocess,sys,tempfile,time;f=tempfile.mktemp();t=time.perf_counter();"
-    "r=subprocess.run(['/usr/bin/time','-f','%M','-o',f]+sys.argv[1:],"
-    "stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL);s=time.perf_counter()-t;"
-    "m=int(open(f).read().split()[-1]);os.unlink(f);"
-    "print(json.dumps({'seconds':s,'rc':r.returncode,'rss_kib':m}))"
+    "p=subprocess.Popen(['/usr/bin/time','-f','%M %U %S','-o',f]+sys.argv[1:],"
+    "stdout=subprocess.PIPE,stderr=subprocess.DEVNULL);n=0\n"
+    "for b in iter(lambda:p.stdout.read(1<<20),b''):n+=b.count(b'\\n')\n"
+    "r=p.wait();s=time.perf_counter()-t;m,u,y=open(f).read().split()[-3:];os.unlink(f);"
+    "print(json.dumps({'seconds':s,'rc':r,'rss_kib':int(m),'cpu':float(u)+float(y),'lines':n}))"
 )
+TX_BYTES = "/sys/class/net/mgmt0/statistics/tx_bytes"  # a lab box's management link
 
 
-def measure(netns: str, argv: list[str], repeat: int, timeout: float) -> dict:
-    """Best wall time and largest peak RSS of ``argv`` run ``repeat`` times inside ``netns``."""
-    best = None
+@dataclass
+class Figure:
+    """One measured command: best wall time of N runs, largest peak RSS, CPU of the best run."""
+
+    name: str
+    flows: int
+    seconds: float
+    rss_mb: float
+    cpu: float
+    lines: int
+    bytes_per_flow: Optional[float] = None
+
+
+def measure(
+    name: str,
+    argv: list[str],
+    flows: int,
+    repeat: int,
+    netns: Optional[str] = None,
+    env: Optional[dict] = None,
+    timeout: float = 600,
+) -> Figure:
+    """Run ``argv`` ``repeat`` times (inside ``netns`` if given) under GNU time."""
+    best: Optional[dict] = None
+    rss = 0
+    command = [sys.executable, "-c", MEASURE, *argv]
+    if netns:
+        command = netns_argv(netns, command)
     for _ in range(repeat):
-        done = subprocess.run(
-            ["ip", "netns", "exec", netns, sys.executable, "-c", MEASURE, *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
         got = json.loads(done.stdout)
         if got["rc"] != 0:
             raise SystemExit(f"bench: {' '.join(argv)} exited {got['rc']}")
+        rss = max(rss, got["rss_kib"])
         if best is None or got["seconds"] < best["seconds"]:
-            best = {**got, "rss_kib": max(got["rss_kib"], (best or got)["rss_kib"])}
-    return best
+            best = got
+    assert best is not None
+    figure = Figure(name, flows, best["seconds"], rss / 1024, best["cpu"], best["lines"])
+    print(f"  {name}: {figure.seconds:.3f} s, {figure.rss_mb:.1f} MB", file=sys.stderr, flush=True)
+    return figure
 
 
-def count(netns: str) -> int:
-    out = subprocess.run(
-        ["ip", "netns", "exec", netns, "sysctl", "-n", "net.netfilter.nf_conntrack_count"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(out.stdout)
+def tx_bytes(netns: str) -> int:
+    return int(run(netns_argv(netns, ["cat", TX_BYTES])).strip())
 
 
 def fleet_summary(env: dict, hosts: list[str], repeat: int) -> tuple[float, list[dict]]:
@@ -86,24 +123,15 @@ def bare_ssh(env: dict, hosts: list[str], repeat: int) -> float:
     """Best wall time of OpenSSH running ``python3 -c pass`` on every host at once: the
     floor any SSH tool pays here, where every lab box shares this machine's cores."""
     best = float("inf")
+    ssh = ["ssh", "-F", env["NATFLEET_SSH_CONFIG"], "-o", "BatchMode=yes"]
     for _ in range(repeat):
         started = time.perf_counter()
         procs = [
             subprocess.Popen(
-                [
-                    "ssh",
-                    "-F",
-                    env["NATFLEET_SSH_CONFIG"],
-                    "-o",
-                    "BatchMode=yes",
-                    host,
-                    "python3",
-                    "-c",
-                    "pass",
-                ],
+                [*ssh, host, "python3", "-c", "pass"],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-            )  # fmt: skip
+            )
             for host in hosts
         ]
         if any(p.wait(timeout=120) for p in procs):
@@ -112,98 +140,205 @@ def bare_ssh(env: dict, hosts: list[str], repeat: int) -> float:
     return best
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--flows", type=int, default=250_000, help="table size (default 250000)")
-    parser.add_argument(
-        "--netstat-flows", type=int, default=20_000, help="table size for netstat-nat (20000)"
-    )
-    parser.add_argument("--boxes", type=int, default=20, help="fleet size for the SSH round (20)")
-    parser.add_argument("--repeat", type=int, default=5, help="runs per tool (best is kept)")
-    parser.add_argument("--keep", action="store_true", help="leave the one-box lab up")
-    args = parser.parse_args()
-
-    log = lambda m: print(f"lab: {m}", file=sys.stderr)  # noqa: E731
-    fleet = {}
-    # round 1: the fleet over SSH (its background traffic stays out of round 2)
+def round_fleet_summary(args: argparse.Namespace, log) -> dict:
+    """Round 1: natfleet summary over SSH, 1 box and ``--boxes`` boxes, and bare OpenSSH."""
+    fleet: dict = {}
     state = lab.up(boxes=args.boxes, aws=False, log=log)
     env = {**os.environ, **state.env()}
     hosts = [b.name for b in state.boxes]
     try:
-        fleet["one"], small_boxes = fleet_summary(env, hosts[:1], args.repeat)
+        fleet["one"], small = fleet_summary(env, hosts[:1], args.repeat)
         fleet["all"], _ = fleet_summary(env, hosts, args.repeat)
         fleet["bare_one"] = bare_ssh(env, hosts[:1], args.repeat)
         fleet["bare_all"] = bare_ssh(env, hosts, args.repeat)
-        fleet["small_flows"] = small_boxes[0]["summary"]["flows"]
-        fleet["small_bytes"] = small_boxes[0]["transport"]["bytes_received"]
+        fleet["small_flows"] = small[0]["summary"]["flows"]
+        fleet["small_bytes"] = small[0]["transport"]["bytes_received"]
     finally:
         lab.down(log=log)
+    return fleet
 
-    # round 2: one box, its table filled with real flows through its NAT
-    state = lab.up(boxes=1, aws=False, log=log)
-    env = {**os.environ, **state.env()}
-    box = state.boxes[0]
-    ns = box.netns
+
+def round_full_tables(args: argparse.Namespace, log) -> tuple[list[Figure], list[Figure], dict]:
+    """Rounds 2 and 3 on one lab of 4 boxes with full tables: (fleet figures, one-box
+    figures, facts)."""
+    fleet_rows: list[Figure] = []
+    rows: list[Figure] = []
+    facts: dict = {}
+    with conntrack_max_at_least(args.flows + 65536) as table_max:
+        facts["conntrack_max"] = table_max
+        state = lab.up(boxes=args.fleet_boxes, aws=False, log=log)
+        env = {**os.environ, **state.env()}
+        boxes = state.boxes
+        first = boxes[0]
+        ns = first.netns
+        try:
+            # netstat-nat first, on a small table (it sorts in O(n^2))
+            inside = topo.inside_sources(first)
+            load_table(ns, args.netstat_flows, inside, first.public_ip, args.entry_timeout)
+            small = conntrack_count(ns)
+            print(f"table: {small} flows (netstat-nat round)", file=sys.stderr, flush=True)
+            rows.append(measure("netstat-nat -n", ["netstat-nat", "-n"], small, 1, ns, None, 1800))
+            rows.append(measure("natfleet local -n", [*NATFLEET, "local", "-n"], small, 3, ns))
+            # every box's full table
+            started = time.perf_counter()
+            more = args.flows - args.netstat_flows
+            load_table(ns, more, inside, first.public_ip, args.entry_timeout, args.netstat_flows)
+            for box in boxes[1:]:
+                sources = topo.inside_sources(box)
+                load_table(box.netns, args.flows, sources, box.public_ip, args.entry_timeout)
+            facts["load_seconds"] = time.perf_counter() - started
+            counts = [conntrack_count(box.netns) for box in boxes]
+            facts["counts"] = counts
+            print(f"tables: {counts} flows", file=sys.stderr, flush=True)
+            fleet_rows = fleet_listings(args, env, boxes, counts)
+            rows += one_box(args, ns, counts[0])
+            _, big = fleet_summary(env, [first.name], 1)
+            facts["big_flows"] = big[0]["summary"]["flows"]
+            facts["big_bytes"] = big[0]["transport"]["bytes_received"]
+        finally:
+            if not args.keep:
+                lab.down(log=log)
+    return fleet_rows, rows, facts
+
+
+def fleet_listings(args: argparse.Namespace, env: dict, boxes: list, counts: list[int]) -> list:
+    """natfleet conns -n over SSH to every box, in netstat text, jsonl and CSV."""
+    argv = [*NATFLEET, "conns", "-n", "--parallel", str(len(boxes)), "--timeout", "600"]
+    for box in boxes:
+        argv += ["--host", box.name]
+    flows = sum(counts)
+    figures = []
+    for fmt in ("netstat", "jsonl", "csv"):
+        name = f"natfleet conns -n ({fmt}), {len(boxes)} boxes"
+        extra = [] if fmt == "netstat" else ["--format", fmt]
+        sent = [tx_bytes(box.netns) for box in boxes]
+        figure = measure(name, argv + extra, flows, args.fleet_repeat, None, env, timeout=900)
+        sent = [tx_bytes(box.netns) - before for box, before in zip(boxes, sent)]
+        figure.bytes_per_flow = sum(sent) / args.fleet_repeat / flows
+        if figure.lines < flows - 1000:  # (the lab's own flows are local: not listed)
+            raise SystemExit(f"bench: {name} printed {figure.lines} lines for {flows} flows")
+        figures.append(figure)
+    return figures
+
+
+def one_box(args: argparse.Namespace, ns: str, flows: int) -> list[Figure]:
+    """Round 3: every tool on one box's full table, and the table saved to a file."""
     rows = []
-    try:
-        base = count(ns)
-        fill_udp(state, box, args.netstat_flows, seconds_max=60)
-        small = count(ns)
-        print(f"table: {small} flows (netstat-nat round)", file=sys.stderr, flush=True)
-        netstat = measure(ns, ["netstat-nat", "-n"], 1, timeout=1800)
-        ours_small = measure(ns, [*NATFLEET, "local", "-n"], args.repeat, timeout=600)
-        rows.append(("netstat-nat -n", small, netstat))
-        rows.append(("natfleet local -n", small, ours_small))
+    tools = [
+        ("cat /proc/net/nf_conntrack", ["cat", "/proc/net/nf_conntrack"]),
+        ("conntrack -L", ["conntrack", "-L"]),
+        ("natfleet summary --local", [*NATFLEET, "summary", "--local"]),
+        ("natfleet summary --local --jobs 1", [*NATFLEET, "summary", "--local", "--jobs", "1"]),
+        ("natfleet local -n", [*NATFLEET, "local", "-n"]),
+    ]
+    for name, argv in tools:
+        rows.append(measure(name, argv, flows, args.repeat, ns))
+    with tempfile.NamedTemporaryFile("w", prefix="natfleet-bench-", suffix=".txt") as saved:
+        subprocess.run(netns_argv(ns, ["cat", "/proc/net/nf_conntrack"]), stdout=saved, check=True)
+        for name, command in (("local", "local"), ("conns", "conns")):
+            argv = [*NATFLEET, command, "-n", "--input", saved.name]
+            rows.append(measure(f"natfleet {name} -n --input FILE", argv, flows, args.repeat))
+    return rows
 
-        fill_udp(state, box, args.flows - (small - base), seconds_max=120)
-        big = count(ns)
-        print(f"table: {big} flows (full round)", file=sys.stderr, flush=True)
-        tools = [
-            ("cat /proc/net/nf_conntrack", ["cat", "/proc/net/nf_conntrack"]),
-            ("conntrack -L", ["conntrack", "-L"]),
-            ("natfleet summary --local", [*NATFLEET, "summary", "--local"]),
-            ("natfleet summary --local --jobs 1", [*NATFLEET, "summary", "--local", "--jobs", "1"]),
-            ("natfleet local -n", [*NATFLEET, "local", "-n"]),
-        ]
-        for name, argv in tools:
-            rows.append((name, big, measure(ns, argv, args.repeat, timeout=600)))
-            print(f"  {name}: {rows[-1][2]['seconds']:.3f} s", file=sys.stderr, flush=True)
-        _, big_boxes = fleet_summary(env, [box.name], 1)
-        fleet["big_flows"] = big_boxes[0]["summary"]["flows"]
-        fleet["big_bytes"] = big_boxes[0]["transport"]["bytes_received"]
-    finally:
-        if not args.keep:
-            lab.down(log=log)
 
-    reference = next(r[2]["seconds"] for r in rows if r[0] == "conntrack -L")
-    print(f"{'tool':<36}{'flows':>9}{'seconds':>10}{'x conntrack -L':>16}{'peak RSS MB':>13}")
-    for name, flows, got in rows:
-        ratio = f"{got['seconds'] / reference:.2f}" if flows == rows[-1][1] else "-"
+def goal(text: str, value: float, most: float) -> tuple[str, str]:
+    """(what was measured, "met" or by how much it missed) for a goal of at most ``most``."""
+    return text, "met" if value <= most else f"MISSED by {(value - most) / most * 100:.0f}%"
+
+
+def report(args, fleet: dict, fleet_rows: list[Figure], rows: list[Figure], facts: dict) -> None:
+    """Print every figure, then every goal with met or missed."""
+    by = {r.name: r for r in rows}
+    reference = by["conntrack -L"].seconds
+    big = by["conntrack -L"].flows
+    print(
+        f"\n{'tool, one box':<40}{'flows':>9}{'seconds':>9}{'x ct -L':>9}{'RSS MB':>8}{'CPU s':>7}"
+    )
+    for r in rows:
+        ratio = f"{r.seconds / reference:.2f}" if r.flows == big else "-"
+        print(f"{r.name:<40}{r.flows:>9}{r.seconds:>9.3f}{ratio:>9}{r.rss_mb:>8.1f}{r.cpu:>7.2f}")
+    heading = f"{'fleet listing over SSH':<40}{'flows':>9}{'seconds':>9}{'B/flow':>8}"
+    print(f"\n{heading}{'RSS MB':>8}{'CPU s':>7}{'CPU/250k':>9}")
+    for r in fleet_rows:
+        cpu_per = r.cpu / (r.flows / 250_000)
         print(
-            f"{name:<36}{flows:>9}{got['seconds']:>10.3f}{ratio:>16}{got['rss_kib'] / 1024:>13.1f}"
+            f"{r.name:<40}{r.flows:>9}{r.seconds:>9.2f}{r.bytes_per_flow or 0:>8.2f}"
+            f"{r.rss_mb:>8.1f}{r.cpu:>7.2f}{cpu_per:>9.2f}"
         )
     print(
-        f"\nnetstat-nat -n takes {rows[0][2]['seconds'] / rows[1][2]['seconds']:.0f}x as long as "
-        f"natfleet local -n at {rows[0][1]} flows"
+        f"\n(tables loaded with conntrack -R in {facts['load_seconds']:.1f} s: {facts['counts']}; "
+        f"nf_conntrack_max {facts['conntrack_max']} for the run, then put back)"
     )
+    summary, listing = by["natfleet summary --local"], by["natfleet local -n"]
+    conns_in, local_in = by["natfleet conns -n --input FILE"], by["natfleet local -n --input FILE"]
+    x_summary, x_listing = summary.seconds / reference, listing.seconds / reference
+    x_input = conns_in.seconds / local_in.seconds
+    goals = [
+        goal(f"summary --local {x_summary:.2f}x conntrack -L (goal <= 1.0x)", x_summary, 1.0),
+        goal(f"summary --local peak RSS {summary.rss_mb:.1f} MB (goal < 64)", summary.rss_mb, 64),
+        goal(f"local -n {x_listing:.2f}x conntrack -L (goal <= 2.0x)", x_listing, 2.0),
+        goal(f"conns -n --input {x_input:.2f}x local -n --input (goal <= 1.0x)", x_input, 1.0),
+    ]
+    for r in fleet_rows:
+        cpu_per = r.cpu / (r.flows / 250_000)
+        goals.append(goal(f"{r.name}: peak RSS {r.rss_mb:.0f} MB (goal < 250)", r.rss_mb, 250))
+        text = f"{r.name}: natfleet CPU {cpu_per:.2f} s per 250,000 flows (goal < 1)"
+        goals.append(goal(text, cpu_per, 1.0))
+    for r in fleet_rows[:1]:
+        wire = r.bytes_per_flow or 0.0
+        goals.append(goal(f"conns over SSH: {wire:.2f} bytes per flow (goal <= 8)", wire, 8.0))
+    ratio, bare = fleet["all"] / fleet["one"], fleet["bare_all"] / fleet["bare_one"]
+    text = (
+        f"summary over SSH: {args.boxes} boxes {fleet['all']:.2f} s, 1 box {fleet['one']:.2f} s:"
+        f" {ratio:.2f}x (goal <= 1.5x; bare OpenSSH {bare:.2f}x)"
+    )
+    goals.append(goal(text, ratio, 1.5))
+    text = (
+        f"summary over SSH: {fleet['small_bytes']} bytes at {fleet['small_flows']} flows, "
+        f"{facts['big_bytes']} at {facts['big_flows']} (goal < 16 KB)"
+    )
+    goals.append(goal(text, max(fleet["small_bytes"], facts["big_bytes"]) / 1024, 16))
+    netstat, ours = rows[0], rows[1]
     print(
-        f"natfleet summary over SSH: 1 box {fleet['one']:.2f} s, {args.boxes} boxes "
-        f"{fleet['all']:.2f} s ({fleet['all'] / fleet['one']:.2f}x)"
+        f"netstat-nat -n took {netstat.seconds / ours.seconds:.0f}x as long as natfleet local -n "
+        f"at {netstat.flows} flows (no goal)"
     )
+    print("\ngoals:")
+    for text, result in goals:
+        print(f"  {result:<14} {text}")
+    per = fleet_rows[0].flows // len(fleet_rows and facts["counts"]) if fleet_rows else big
     print(
-        f"bare OpenSSH 'python3 -c pass': 1 box {fleet['bare_one']:.2f} s, {args.boxes} boxes "
-        f"{fleet['bare_all']:.2f} s ({fleet['bare_all'] / fleet['bare_one']:.2f}x): every lab "
-        f"box's sshd and python share these {os.cpu_count()} cores"
+        f"\nmeasured {time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores, about "
+        f"{per:,} flows a box; the lab boxes' sshd and agents share these cores"
     )
-    print(
-        f"bytes back per box in summary mode: {fleet['small_bytes']} at {fleet['small_flows']} "
-        f"flows, {fleet['big_bytes']} at {fleet['big_flows']} flows"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flows", type=int, default=250_000, help="flows per box (250000)")
+    parser.add_argument(
+        "--netstat-flows", type=int, default=20_000, help="table size for netstat-nat (20000)"
     )
-    print(
-        f"measured {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores; goals: summary "
-        "<= 1.5x and listing <= 3x conntrack -L, summary peak RSS < 64 MB, 20 boxes <= 1.5x "
-        "one box, < 16 KB back per box"
+    parser.add_argument("--boxes", type=int, default=20, help="boxes in the summary round (20)")
+    parser.add_argument(
+        "--fleet-boxes", type=int, default=4, help="boxes with full tables in the listing round (4)"
     )
+    parser.add_argument("--repeat", type=int, default=5, help="runs per one-box tool (best kept)")
+    parser.add_argument("--fleet-repeat", type=int, default=2, help="runs per fleet listing (2)")
+    parser.add_argument(
+        "--entry-timeout", type=int, default=1800, help="seconds a loaded entry lives (1800)"
+    )
+    parser.add_argument("--keep", action="store_true", help="leave the full-table lab up")
+    args = parser.parse_args()
+    if not 0 < args.netstat_flows < args.flows:
+        parser.error("--netstat-flows must be above 0 and below --flows")
+
+    def log(message: str) -> None:
+        print(f"lab: {message}", file=sys.stderr)
+
+    fleet = round_fleet_summary(args, log)
+    fleet_rows, rows, facts = round_full_tables(args, log)
+    report(args, fleet, fleet_rows, rows, facts)
     return 0
 
 

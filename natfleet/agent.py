@@ -18,17 +18,21 @@ The request and the answer are documented in docs/json.md. Every read goes throu
 ``DumpSources`` for captured texts), so parsers never open paths themselves.
 """
 
+import gc
 import io
 import ipaddress
 import json
 import marshal
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
+from operator import itemgetter
 from typing import (
     IO,
     Any,
@@ -253,6 +257,7 @@ class _CommandLines(object):
         assert proc.stdout is not None and proc.stderr is not None
         self.stdout: IO[str] = proc.stdout
         self.stderr: IO[str] = proc.stderr
+        self.buffer = proc.stdout.buffer  # type: ignore[attr-defined]  # the bytes below
 
     def read(self, size: int = -1) -> str:
         return self.stdout.read(size)
@@ -326,6 +331,7 @@ class _Borrowed(object):
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
+        self.buffer = stream.buffer  # type: ignore[attr-defined]  # the bytes below
 
     def read(self, size: int = -1) -> str:
         return self.stream.read(size)
@@ -1355,9 +1361,13 @@ def session_skip(session: Optional[Socket]) -> Optional[Tuple[str, str, str, str
 
 # --------------------------------------------------------------------------- requests
 
-REQUEST_KEYS = ("mode", "filters", "sort", "top", "limit", "resolve", "resolve_budget", "jobs")
+REQUEST_KEYS: Tuple[str, ...] = (
+    "mode", "filters", "sort", "top", "limit", "resolve", "resolve_budget", "jobs",
+)  # fmt: skip
+REQUEST_KEYS += ("encoding",)  # "json" (wire format 2 as is) or "compact": natfleet/agent_wire.py
+ENCODINGS = ("json", "compact")
 FILTER_KEYS = ("proto", "src", "dst", "nat")
-MODES = ("list", "summary", "info")
+MODES = ("list", "summary", "info", "check")  # check: natfleet/agent_check.py
 TOP_MAX = 1000
 JOBS_MAX = 64
 RESOLVE_BUDGET_MAX = 60.0
@@ -1472,7 +1482,7 @@ class Request(object):
         _keys(data, REQUEST_KEYS, "")
         self.mode: str = data.get("mode", "list")
         if self.mode not in MODES:
-            raise _bad("mode", "must be list, summary or info, not %s" % _shown(self.mode))
+            raise _bad("mode", "must be %s, not %s" % (" or ".join(MODES), _shown(self.mode)))
         filters = data.get("filters")
         if filters is None:
             filters = {}
@@ -1499,6 +1509,11 @@ class Request(object):
             raise _bad("resolve", "must be true or false, not %s" % _shown(self.resolve))
         self.resolve_budget = self._budget(data.get("resolve_budget", 5.0))
         self.jobs = _int_field(data, "jobs", 1, JOBS_MAX, None)
+        self.encoding = data.get("encoding", "json")
+        if self.encoding not in ENCODINGS:
+            message = "must be json or compact, not %s" % _shown(self.encoding)
+            raise _bad("encoding", message)
+        self.idle_cutoff: Optional[int] = None  # check mode: set by agent_check.prepare()
         self._src_cache: Dict[str, bool] = {}
         self._dst_cache: Dict[str, bool] = {}
 
@@ -1654,6 +1669,58 @@ def _blocks(stream: Stream, size: int = BLOCK_CHARS) -> Iterator[Tuple[int, str]
         lineno += text.count("\n")
 
 
+def _byte_blocks(raw: IO[bytes], size: int = BLOCK_CHARS) -> Iterator[Tuple[int, bytes]]:
+    """(first line number, bytes of whole lines) blocks of about ``size`` bytes, read from
+    the bytes under a text stream; line ends as the text stream reads them (``\\r\\n`` and
+    ``\\r`` are ``\\n``), the text as :data:`TABLE_CODEC` decodes it.
+
+    >>> list(_byte_blocks(io.BytesIO(b"a\\r\\nb\\rc\\nd"), size=3))
+    [(1, b'a\\n'), (2, b'b\\nc\\n'), (4, b'd')]
+    """
+    lineno, rest = 1, b""
+    while True:
+        data = raw.read(size)
+        if not data:
+            break
+        if rest:
+            data = rest + data
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            rest = data
+            continue
+        block, rest = _text_newlines(data[:cut]), data[cut:]
+        yield lineno, block
+        lineno += block.count(b"\n")
+    if rest:
+        yield lineno, _text_newlines(rest)
+
+
+TABLE_CODEC = ("ascii", "replace")  # how every table stream decodes (see LocalSources)
+
+
+def _text_newlines(data: bytes) -> bytes:
+    if b"\r" not in data:
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+def _table_blocks(stream: Stream) -> Iterator[Tuple[int, str]]:
+    """:func:`_blocks`, read as bytes and decoded when the stream has bytes below."""
+    raw = getattr(stream, "buffer", None)
+    if raw is None:
+        for block in _blocks(stream):
+            yield block
+        return
+    for first, data in _byte_blocks(raw):
+        yield first, data.decode(*TABLE_CODEC)
+
+
+def _last_line(first: int, text: "Union[str, bytes]") -> int:
+    """The number of a block's last line."""
+    newline = "\n" if isinstance(text, str) else b"\n"
+    return first + text.count(newline) + (not text.endswith(newline)) - 1  # type: ignore
+
+
 def _lines(text: str) -> List[str]:
     lines = text.split("\n")
     if lines and not lines[-1]:
@@ -1678,25 +1745,42 @@ class Tally(object):
         self.own = own
         self.skip = skip  # session_skip(): natfleet's own session, left out
         self.skipped_own = 0
-        self.summary = Summary(request.top) if request.mode == "summary" else None
+        self.summary = new_summary(request)
         self.matches = request.matches
         self.project = project
         self.kept: List[Any] = []
         self.bad = 0
         self.examples: List[Json] = []
         self.skipped = 0  # blank lines and conntrack's own count line: not table entries
+        summary = self.summary  # a plain Summary (not a subclass counting more) goes fast
+        self.fast = FastLines(summary, own, skip) if type(summary) is Summary else None
 
     @property
     def malformed(self) -> Json:
         return {"count": self.bad, "examples": self.examples}
 
     def feed(self, first: int, lines: List[str]) -> None:
-        """Parse, classify and count ``lines`` (numbered from ``first``)."""
+        """Parse, classify and count ``lines`` (numbered from ``first``) with parse_fields."""
+        self._feed_numbered(enumerate(lines, first))
+
+    def feed_text(self, first: int, text: str) -> None:
+        """Count a block of whole lines (the first numbered ``first``): a plain Summary by
+        its fast path (:class:`FastLines`), anything else line by line (a listing through
+        :class:`FastFields`, counters that need more fields through parse_fields)."""
+        if self.fast is None:
+            self.feed(first, _lines(text))
+            return
+        slow = self.fast.count(first, text)
+        if slow:
+            self._feed_numbered(slow)
+
+    def _feed_numbered(self, numbered: Iterable[Tuple[int, str]]) -> None:
         own, summary, matches, kept = self.own, self.summary, self.matches, self.kept
         project, skip = self.project, self.skip
-        for lineno, line in enumerate(lines, first):
+        parse = parse_fields if summary is not None else FastFields().parse  # (a listing)
+        for lineno, line in numbered:
             try:
-                fields = parse_fields(line)
+                fields = parse(line)
             except ValueError:  # Malformed, or a number Python will not convert
                 if not line.strip() or _is_trailer(line):
                     self.skipped += 1
@@ -1783,10 +1867,10 @@ def scan(
         if workers > 1:
             lines = _scan_parallel(stream, tally, request, mine, workers, project)
         else:
-            for first, text in _blocks(stream):
-                block = _lines(text)
-                tally.feed(first, block)
-                lines = first + len(block) - 1
+            first, text = 1, ""
+            for first, text in _table_blocks(stream):
+                tally.feed_text(first, text)
+            lines = _last_line(first, text) if text else 0
     result: Any = tally.summary if tally.summary is not None else tally.kept
     return source, result, lines - tally.skipped, tally.malformed, tally.skipped_own
 
@@ -1817,26 +1901,39 @@ def _scan_parallel(
                     os.close(w)
                     os.close(r)
                 os.nice(10)
+                gc.disable()  # a short life that makes no cycles: no collections needed
                 mine = Tally(request, own, project, tally.skip)
                 with os.fdopen(block_r, "rb") as blocks:
                     for header in blocks:
-                        start, size = header.split()
-                        chunk = blocks.read(int(size)).decode("utf-8", "surrogatepass")
-                        mine.feed(int(start), _lines(chunk))
-                with os.fdopen(result_w, "wb") as out:
+                        start, size, codec = header.split()
+                        chunk = blocks.read(int(size))
+                        text = chunk.decode(*TABLE_CODEC if codec == b"a" else _TEXT_CODEC)
+                        mine.feed_text(int(start), text)
+                mine.kept.sort(key=_FIRST)  # sorted runs: run() then merges them (a stable
+                with os.fdopen(result_w, "wb") as out:  # sort, so ties keep their order)
                     marshal.dump(mine.state(), out)
                 status = 0
             finally:
                 os._exit(status)
         os.close(block_r)
         os.close(result_w)
+        _pipe_size(block_w, 1 << 20)  # (the most a user may ask for): fewer switches
         children.append((pid, block_w, result_r))
     lines = 0
+    raw = getattr(stream, "buffer", None)
+    if raw is not None:  # the file's bytes go to the workers as they are
+        dealt: Iterator[Tuple[int, bytes, bytes]] = (
+            (first, chunk, b"a") for first, chunk in _byte_blocks(raw)
+        )
+    else:  # captured text
+        dealt = ((first, text.encode(*_TEXT_CODEC), b"u") for first, text in _blocks(stream))
+    first, chunk = 1, b""
     try:
-        for n, (first, text) in enumerate(_blocks(stream)):
-            data = text.encode("utf-8", "surrogatepass")
-            _write_all(children[n % workers][1], b"%d %d\n" % (first, len(data)) + data)
-            lines = first + text.count("\n") + (not text.endswith("\n")) - 1
+        for n, (first, chunk, codec) in enumerate(dealt):
+            fd = children[n % workers][1]
+            _write_all(fd, b"%d %d %s\n" % (first, len(chunk), codec))
+            _write_all(fd, chunk)
+        lines = _last_line(first, chunk) if chunk else 0
     except OSError:  # a worker died (broken pipe): reap them all, then say so below
         lines = -1
     finally:
@@ -1854,6 +1951,21 @@ def _scan_parallel(
     if failed:
         raise AgentError("agent", "a summary worker process failed; try again with --jobs 1")
     return lines
+
+
+_TEXT_CODEC = ("utf-8", "surrogatepass")  # captured text to a worker and back
+_FIRST = itemgetter(0)  # a projected row's sort key
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux; the fcntl module names it from 3.10)
+
+
+def _pipe_size(fd: int, size: int) -> None:
+    """Ask for a pipe buffer of ``size`` bytes (best effort: the kernel may cap it)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, F_SETPIPE_SZ, size)
+    except (ImportError, IOError, OSError, ValueError):
+        pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -1898,6 +2010,27 @@ class Summary(object):
             if state == "ESTABLISHED" and pnum == 6:
                 self.tcp_snat_established += 1
         if not self.flows % self.PRUNE_EVERY:
+            self.prune()
+
+    def add_many(self, fast: "FastFlow", n: int) -> None:
+        """Count ``n`` flows alike (:class:`FastLines`): what ``n`` calls of :meth:`add`
+        count, pruned when the flow count passes a multiple of PRUNE_EVERY as add() does."""
+        pnum, state, shown, nat, osrc, rsrc, rdst, rsp = fast
+        self.flows += n
+        key = (pnum, shown, nat)
+        kinds = self.kinds
+        kinds[key] = kinds.get(key, 0) + n
+        counts = self.sources.counts
+        counts[osrc] = counts.get(osrc, 0) + n
+        counts = self.destinations.counts
+        counts[rsrc] = counts.get(rsrc, 0) + n
+        if (nat == "snat" or nat == "snat+dnat") and pnum in PORT_PROTOS:
+            port_key = (rdst, rsrc, rsp, pnum)
+            counts = self.ports.counts
+            counts[port_key] = counts.get(port_key, 0) + n
+            if state == "ESTABLISHED" and pnum == 6:
+                self.tcp_snat_established += n
+        if self.flows % self.PRUNE_EVERY < n:
             self.prune()
 
     def counters(self) -> Tuple[TopCounter, TopCounter, TopCounter]:
@@ -1964,6 +2097,260 @@ class Summary(object):
             "port_range_size": size,
             "port_pressure": pressure,
         }
+
+
+def new_summary(request: Request) -> Optional[Summary]:
+    """The counters of a table walk: a Summary, in check mode agent_check's CheckSummary
+    (it also counts idle ESTABLISHED flows), or None (a listing)."""
+    if request.mode == "check":
+        from natfleet import agent_check
+
+        return agent_check.CheckSummary(request.top, request.idle_cutoff)
+    return Summary(request.top) if request.mode == "summary" else None
+
+
+# --------------------------------------------------------------------------- fast summary
+#
+# A summary needs a few fields of each line. FAST_LINE picks them out of a whole block in one
+# C-level pass, for lines of the regular shape only (a port tuple each way, the usual fields
+# after each tuple; ranges of ports and timeouts in the pattern itself). The ephemeral ports
+# that make each line unique are matched, not kept: only whether the reply's dport is the
+# original sport (a backreference). So a block's lines collapse into a few distinct keys,
+# each checked once the way parse_fields checks a line (protocol, state, addresses and their
+# family, the fields after each tuple) and counted n times. A block with a line of any other
+# shape, or a key that does not check, goes line by line: regular lines by the same pattern,
+# every other line by parse_fields, so the malformed-line accounting is unchanged.
+
+_FAST_PORT = r"(?:[0-5]?[0-9]{1,4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_FAST_ADDR = r"([0-9a-f.:]{2,39})"
+_FAST_TAIL = r"([ A-Za-z0-9=\[\]_]*)"  # the fields after a tuple, checked by _extras_ok
+# The counters of nf_conntrack_acct and the timestamp of nf_conntrack_timestamp are matched
+# (in the ranges parse_fields takes) but not kept, so that they do not make every line's key
+# unique; the reply's last fields are kept apart when a timestamp comes between them.
+_FAST_PARTS = {
+    "a": _FAST_ADDR,
+    "p": _FAST_PORT,
+    "t": _FAST_TAIL,
+    "n": r"(?: packets=[0-9]{1,19} bytes=[0-9]{1,19})?",
+    "end": r"(?:packets=[0-9]{1,19} bytes=[0-9]{1,19} )?%s(?: delta-time=[0-9]{1,9}"
+    r"( use=[0-9]{1,9}))?$" % _FAST_TAIL,
+}
+FAST_LINE = re.compile(
+    r"^((?:ipv[46] +[0-9]+ +)?[a-z]+ +[0-9]{1,3}) +(?:[0-9]{1,9} +)?(?:([A-Z][A-Z0-9_]*) +)?"
+    r"src=%(a)s dst=%(a)s sport=(%(p)s) dport=(%(p)s)%(n)s%(t)s"
+    r" src=%(a)s dst=%(a)s sport=(%(p)s) dport=(?:\5( )|%(p)s )%(end)s" % _FAST_PARTS,
+    re.M,
+)
+# FAST_LINE's groups without the original sport (5th): (head, state, osrc, odst, odp, orig
+# fields, rsrc, rdst, rsp, " " when the reply's dport is the original sport, reply fields,
+# the reply's use= after a timestamp)
+_FAST_KEY = itemgetter(0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12)
+FastKey = Tuple[str, str, str, str, str, str, str, str, str, str, str, str]
+# what Summary.add_many counts: (pnum, state, shown state, nat, osrc, rsrc, rdst, rsp)
+FastFlow = Tuple[int, Optional[str], str, str, str, str, str, str]
+FAST_CACHE_MAX = 1 << 13  # keys and fields remembered (each about 1 KB; cleared when full)
+
+
+def fast_key(line: str) -> Optional[FastKey]:
+    """The fast path's key of one line, or None when the line is not of the regular shape.
+
+    >>> fast_key("ipv4     2 udp      17 29 src=192.168.1.10 dst=203.0.113.53 sport=5353 "
+    ...     "dport=53 [UNREPLIED] src=203.0.113.53 dst=198.51.100.1 sport=53 dport=5353 "
+    ...     "mark=0 zone=0 use=2")[:5]
+    ('ipv4     2 udp      17', '', '192.168.1.10', '203.0.113.53', '53')
+    """
+    found = FAST_LINE.match(line)
+    return None if found is None else _FAST_KEY(found.groups(""))
+
+
+def _fast_head(head: str) -> Optional[Tuple[int, Optional[str]]]:
+    """(protocol number, l3 or None) of FAST_LINE's head, as parse_fields reads it; None for
+    a number over 255 and for ICMP (whose ids parse_fields moves)."""
+    tokens = head.split()
+    l3 = tokens[0] if len(tokens) == 4 else None
+    pnum = int(tokens[-1])
+    if pnum > 255 or pnum in ICMP_PROTOS:
+        return None
+    return pnum, l3
+
+
+def _fast_tail(tail: str, reply: bool) -> bool:
+    """The fields after a tuple are what parse_fields takes (no ``src=`` among them: that is
+    where parse_fields splits a line); after the reply tuple they end with ``use=``."""
+    tokens = tail.split()
+    if reply and (not tokens or tokens[-1][:4] != "use="):
+        return False
+    if any(tok[:4] == "src=" for tok in tokens):
+        return False
+    return not tokens or _extras_ok(tokens)
+
+
+class FastLines(object):
+    """The fast path of a plain summary: counts blocks of regular lines into a Summary and
+    hands back the lines it cannot vouch for, for parse_fields.
+
+    >>> s = Summary()
+    >>> FastLines(s, frozenset(), None).count(1, "ipv4 2 tcp 6 9 ESTABLISHED src=192.0.2.1 "
+    ...     "dst=203.0.113.5 sport=40000 dport=443 src=203.0.113.5 dst=198.51.100.1 sport=443 "
+    ...     "dport=61000 [ASSURED] mark=0 zone=0 use=2\\nnot a line\\n")
+    [(2, 'not a line')]
+    >>> s.flows, s.tcp_snat_established
+    (1, 1)
+    """
+
+    def __init__(
+        self, summary: Summary, own: FrozenSet[str], skip: Optional[Tuple[str, str, str, str]]
+    ) -> None:
+        self.summary = summary
+        self.own = own
+        self.skip = skip
+        self.known: Dict[FastKey, Optional[FastFlow]] = {}
+        self.checks = FastFields()
+
+    def count(self, first: int, text: str) -> List[Tuple[int, str]]:
+        """Count the block ``text`` (whole lines, the first numbered ``first``); the
+        (line number, line) pairs left for parse_fields, in order."""
+        found = Counter(map(_FAST_KEY, FAST_LINE.findall(text)))
+        lines = text.count("\n") + (not text.endswith("\n"))
+        if sum(found.values()) == lines:
+            ready = []
+            for key, n in found.items():
+                flow = self.flow(key)
+                if flow is None:
+                    break
+                ready.append((flow, n))
+            else:
+                for flow, n in ready:
+                    self.summary.add_many(flow, n)
+                return []
+        slow = []
+        add = self.summary.add_many
+        for lineno, line in enumerate(_lines(text), first):
+            match = FAST_LINE.match(line)
+            flow = None if match is None else self.flow(_FAST_KEY(match.groups("")))
+            if flow is None:
+                slow.append((lineno, line))
+            else:
+                add(flow, 1)
+        return slow
+
+    def flow(self, key: FastKey) -> Optional[FastFlow]:
+        """What to count for a key, or None: parse_fields must read such a line."""
+        known = self.known
+        if key in known:
+            return known[key]
+        if len(known) >= FAST_CACHE_MAX:
+            known.clear()
+        flow = known[key] = self._check(key)
+        return flow
+
+    def _check(self, key: FastKey) -> Optional[FastFlow]:
+        head, state, osrc, odst, odp, otail, rsrc, rdst, rsp, same_port, rtail, use = key
+        rtail += use
+        checked = self.checks.check(head, state, otail, rtail, osrc, odst, rsrc, rdst)
+        if checked is None:
+            return None
+        pnum, _l3, osrc, odst, rsrc, rdst = checked
+        skip = self.skip
+        if skip is not None and pnum == 6 and (rsrc, rdst, rsp) == skip[:3]:
+            return None  # maybe natfleet's own session: its reply dport decides
+        snat = rdst != osrc or not same_port
+        dnat = rsrc != odst or rsp != odp
+        if snat:
+            nat = "snat+dnat" if dnat else "snat"
+        elif dnat:
+            nat = "dnat"
+        elif osrc in self.own or odst in self.own:
+            nat = "local"
+        else:
+            nat = "routed"
+        shown = state or line_state(None, otail + " " + rtail)
+        return pnum, state or None, shown, nat, osrc, rsrc, rdst, rsp
+
+
+# A listing needs every field: LIST_LINE takes them all from a line of the regular shape,
+# checked as FastLines checks a summary's keys; any other line is parse_fields' to read.
+LIST_LINE = re.compile(
+    r"^((?:ipv[46] +[0-9]+ +)?[a-z]+ +[0-9]{1,3}) +(?:([0-9]{1,9}) +)?(?:([A-Z][A-Z0-9_]*) +)?"
+    r"src=%(a)s dst=%(a)s sport=(%(p)s) dport=(%(p)s)%(n)s%(t)s"
+    r" src=%(a)s dst=%(a)s sport=(%(p)s) dport=(%(p)s) %(end)s" % _FAST_PARTS
+)
+
+
+class FastFields(object):
+    """parse_fields for a listing, quicker on lines of the regular shape (LIST_LINE).
+
+    >>> line = ("ipv4     2 tcp      6 3599 ESTABLISHED src=192.168.1.10 dst=203.0.113.5 "
+    ...     "sport=40000 dport=443 src=203.0.113.5 dst=198.51.100.1 sport=443 dport=61000 "
+    ...     "[ASSURED] mark=0 zone=0 use=2")
+    >>> FastFields().parse(line) == parse_fields(line)
+    True
+    """
+
+    def __init__(self) -> None:
+        self.heads: Dict[str, Optional[Tuple[int, Optional[str]]]] = {}
+        self.tails: Dict[str, bool] = {}  # the fields after an original tuple, and
+        self.rtails: Dict[str, bool] = {}  # after a reply tuple: whether they check
+
+    def parse(self, line: str) -> Fields:
+        """parse_fields(line); raises Malformed as it does."""
+        found = LIST_LINE.match(line)
+        if found is not None:
+            fields = self.fields(found.groups(""))
+            if fields is not None:
+                return fields
+        return parse_fields(line)
+
+    def fields(self, groups: Sequence[str]) -> Optional[Fields]:
+        """LIST_LINE's groups as parse_fields' tuple, or None when they do not check."""
+        head, timeout, state, osrc, odst, osp, odp, otail, rsrc, rdst, rsp, rdp, rtail, use = groups
+        checked = self.check(head, state, otail, rtail + use, osrc, odst, rsrc, rdst)
+        if checked is None:
+            return None
+        pnum, l3, osrc, odst, rsrc, rdst = checked
+        seconds = int(timeout) if timeout else None
+        return (pnum, seconds, state or None, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, l3, None)
+
+    def check(
+        self, head: str, state: str, otail: str, rtail: str, *addrs: str
+    ) -> Optional[Tuple[int, str, str, str, str, str]]:
+        """What parse_fields checks beyond the pattern (the protocol, state, the fields after
+        each tuple, the addresses and their family): (pnum, l3, osrc, odst, rsrc, rdst),
+        addresses canonical; None when parse_fields must read the line."""
+        heads, tails = self.heads, self.tails
+        if head not in heads:
+            heads[head] = _fast_head(head)
+        parsed = heads[head]
+        if parsed is None or (state and state not in STATES):
+            return None
+        if not (tails.get(otail) or self._tail(otail, False)):
+            return None
+        if not (self.rtails.get(rtail) or self._tail(rtail, True)):
+            return None
+        cache = _ADDR_CACHE
+        try:
+            osrc = cache.get(addrs[0]) or canonical_address(addrs[0])
+            odst = cache.get(addrs[1]) or canonical_address(addrs[1])
+            rsrc = cache.get(addrs[2]) or canonical_address(addrs[2])
+            rdst = cache.get(addrs[3]) or canonical_address(addrs[3])
+        except Malformed:
+            return None
+        v6 = ":" in osrc
+        if (":" in odst) is not v6 or (":" in rsrc) is not v6 or (":" in rdst) is not v6:
+            return None
+        pnum, l3 = parsed
+        if l3 is None:
+            l3 = "ipv6" if v6 else "ipv4"
+        elif (l3 == "ipv6") is not v6:
+            return None
+        return pnum, l3, osrc, odst, rsrc, rdst
+
+    def _tail(self, tail: str, reply: bool) -> bool:
+        known = self.rtails if reply else self.tails
+        if len(known) >= FAST_CACHE_MAX:
+            known.clear()
+        ok = known[tail] = _fast_tail(tail, reply)
+        return ok
 
 
 RESOLVER_THREADS = 16
@@ -2079,7 +2466,7 @@ def run(
     found (:func:`find_own_session`) and its entry left out: ``own_session`` and
     ``own_flows`` say so.
     """
-    started = time.monotonic()
+    started, cpu = time.monotonic(), cpu_seconds()
     warnings: List[str] = []
     facts = host_facts(sources, warnings)
     answer: Json = {"agent": AGENT_VERSION, "ok": True, "warnings": warnings}
@@ -2093,10 +2480,16 @@ def run(
     if request.mode == "info":
         answer["source"] = None
         _cap_warnings(warnings)
+        answer["cpu"] = round(max(0.0, cpu_seconds() - cpu), 3)
         return answer, flows
     own = set(facts["addresses"])
     if not own:
         warnings.append("the box's own addresses are unknown: connections to it show as routed")
+    check = None
+    if request.mode == "check":  # the check facts first: the walk needs the idle cutoff
+        from natfleet import agent_check
+
+        check = agent_check.prepare(request, sources, warnings)
     source, result, lines, malformed, own_flows = scan(
         request, sources, own, facts["count"], project, session_skip(session)
     )
@@ -2110,9 +2503,11 @@ def run(
         answer["summary"] = result.to_json(facts["port_range"])
         answer["matched"] = result.flows
         answer["summary"]["fill_pct"] = _percent(answer["count"], answer["max"])
+        if check is not None:
+            answer["check"] = agent_check.facts_json(check, result)
     else:
         flows = result
-        flows.sort(key=(lambda pair: pair[0]) if project else sort_key(request.sort or "src"))
+        flows.sort(key=_FIRST if project else sort_key(request.sort or "src"))
         if request.limit is not None:
             flows = flows[: request.limit]
         answer["matched"] = len(result)
@@ -2123,7 +2518,15 @@ def run(
             answer["names"] = resolve_names(addrs, request.resolve_budget)
     _cap_warnings(warnings)
     answer["seconds"] = round(max(0.0, time.monotonic() - started), 3)
+    answer["cpu"] = round(max(0.0, cpu_seconds() - cpu), 3)
     return answer, flows
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user and system) this process and its finished children (the summary
+    workers) have used: what the agent costs a busy box, next to its wall ``seconds``."""
+    used = os.times()
+    return used[0] + used[1] + used[2] + used[3]
 
 
 def _cap_warnings(warnings: List[str]) -> None:
@@ -2238,6 +2641,39 @@ def answer_lines(data: Any, sources: Sources, skip_own: bool = False) -> Iterato
         yield line
 
 
+def answer_bytes(data: Any, sources: Sources, skip_own: bool = False) -> Iterator[bytes]:
+    """Serve a request as a compact answer (``"encoding": "compact"``, natfleet/agent_wire.py):
+    one zlib stream of the header line (``"encoding": "compact"`` in list mode) and the rows
+    in column blocks; pieces of the stream. Never raises: a failure is the failure line,
+    compressed, and a row that fails (a bug) ends the answer with one in its place.
+
+    >>> import zlib
+    >>> zlib.decompress(b"".join(answer_bytes({"mode": "bogus"}, DumpSources())))[:31]
+    b'{"agent":2,"ok":false,"error":{'
+    """
+    from natfleet import agent_wire
+
+    try:
+        answer, flows = _serve(data, sources, skip_own)
+        if flows is not None:
+            answer["rows"] = len(flows)
+            answer["encoding"] = "compact"
+        header = encode(answer)
+    except Exception as exc:
+        yield from agent_wire.compressed_lines([encode(_failure_for(exc))])
+        return
+    if flows is None:
+        yield from agent_wire.compressed_lines([header])
+        return
+    rows = flows
+
+    def failed(exc: BaseException, sent: int) -> str:
+        message = "row block after row %d of %d: %s" % (sent, len(rows), _describe(exc))
+        return encode(_failure_for(AgentError("agent", "internal error: " + message)))
+
+    yield from agent_wire.compact_answer(header, rows, failed)
+
+
 def read_request(stream: IO[bytes], limit: int = MAX_REQUEST_BYTES) -> Any:
     """The request object from a byte stream (empty means ``{}``); raises AgentError
     (bad_request) for more than ``limit`` bytes or text that is not JSON.
@@ -2273,17 +2709,34 @@ def write_lines(out: IO[str], lines: Iterable[str], chunk: int = OUT_CHUNK_CHARS
 
 
 def main(sources: Optional[Sources] = None) -> int:
-    """Read one JSON request on stdin, write the wire format 2 answer on stdout; 0, or 1 if
-    stdout was closed before the answer was all written. This is the remote agent: the SSH
-    session it runs under is left out of the answer (see :func:`run`)."""
+    """Read one JSON request on stdin, write the wire format 2 answer on stdout (with
+    ``"encoding": "compact"`` the compact answer, :func:`answer_bytes`); 0, or 1 if stdout
+    was closed before the answer was all written. This is the remote agent: the SSH session
+    it runs under is left out of the answer (see :func:`run`)."""
+    chunks: Optional[Iterator[bytes]] = None  # a compact answer (agent_wire)
     try:
         data = read_request(sys.stdin.buffer)
     except AgentError as exc:
         lines: Iterator[str] = iter([encode(_failure_for(exc))])
     else:
-        lines = answer_lines(data, LocalSources("/") if sources is None else sources, True)
+        if isinstance(data, dict) and data.get("mode") == "watch":  # a stream: its own module
+            from natfleet import agent_watch
+
+            return agent_watch.main(data, sources)
+        here = LocalSources("/") if sources is None else sources
+        if isinstance(data, dict) and data.get("encoding") == "compact":
+            chunks = answer_bytes(data, here, True)
+        else:
+            lines = answer_lines(data, here, True)
     try:
-        write_lines(sys.stdout, lines)
+        if chunks is not None:
+            out = sys.stdout.buffer
+            for chunk in chunks:
+                if chunk:
+                    out.write(chunk)
+            out.flush()
+        else:
+            write_lines(sys.stdout, lines)
     except (IOError, OSError):  # the reader went away (e.g. natfleet's byte cap): say nothing
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)

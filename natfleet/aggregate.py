@@ -1,4 +1,5 @@
-"""Merge checked per-box answers: one fleet-wide connection list, per-box summaries, a total.
+"""Merge checked per-box answers: one fleet-wide connection list (streamed: :func:`merge_stream`,
+a k-way merge of the boxes' sorted rows), per-box summaries, a total.
 
 Everything here works on typed records from the trust boundary (natfleet.answer); nothing
 here prints.
@@ -17,15 +18,22 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import heapq
+import itertools
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Optional, Union
 
 from natfleet.agent import Flow, sort_key
-from natfleet.answer import PortPressure
+from natfleet.answer import AnswerError, PortPressure
+from natfleet.answer_wire import WireRows, flow_key
+from natfleet.limits import capped
 from natfleet.models import HostError, HostResult, Target
 from natfleet.output import Column
 
+log = logging.getLogger(__name__)
 Outcome = Union[HostResult, HostError]
 INCIDENT = ("insert_failed", "drop", "early_drop")
 
@@ -68,6 +76,117 @@ def merge_flows(results: Sequence[Outcome], sort: Optional[str] = None) -> Merge
     key = sort_key(sort or "src")
     triples.sort(key=lambda triple: key(triple[0]))
     return Merged([t[0] for t in triples], [t[1] for t in triples], [t[2] for t in triples])
+
+
+@dataclass
+class StreamBox:
+    """One answering box in a streamed listing: its place in the results, its target as a
+    row names it, its names (reverse lookups) and its rows (a list, or answer_wire.WireRows:
+    decoded while the merge reaches them)."""
+
+    index: int
+    result: HostResult
+    target: dict[str, Any]
+    names: dict[str, str]
+    rows: Sequence[Flow]
+
+
+@dataclass
+class FleetStream:
+    """Every box's rows merged in the fleet-wide order, read as the output is written.
+
+    Iterating yields ``(box, row)``: ``row`` a decoded wire row (a tuple of columns, see
+    natfleet.answer_wire) or a Flow. A box whose rows stop decoding mid-way (they were
+    checked at receipt, so this is a bug, not a box's doing) ends there: it is added to
+    ``late`` (its HostError) and its remaining rows are left out.
+    """
+
+    boxes: list[StreamBox]
+    sort: Optional[str] = None
+    limit: Optional[int] = None
+    late: list[HostError] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[tuple[StreamBox, Any]]:
+        """``(box, row)``: a wire row as a tuple of its columns (``shape`` first), or a Flow."""
+        for item in self.merged():
+            yield item[1], (item[2:] if len(item) > 3 else item[2])
+
+    def merged(self) -> Iterator[tuple]:
+        """The merged items in the fleet-wide order: ``(sort key, box, shape, osrc, ...)``
+        for a wire row (answer_wire.WireRows.merge_items), ``(sort key, box, Flow)`` for a
+        Flow; the key None for one box."""
+        live = [box for box in self.boxes if len(box.rows)]
+        if not live:
+            return iter(())
+        merged: Iterator[tuple]
+        if len(live) == 1:
+            merged = itertools.chain.from_iterable(self._blocks(live[0], False))
+        else:  # heapq.merge: ties go to the earlier box, each box's rows stay in their order
+            sources = [itertools.chain.from_iterable(self._blocks(box, True)) for box in live]
+            merged = heapq.merge(*sources, key=itemgetter(0))
+        if self.limit is not None:
+            merged = itertools.islice(merged, self.limit)
+        return merged
+
+    def _blocks(self, box: StreamBox, keyed: bool) -> Iterator[list[tuple]]:
+        """The box's ``(key, box, row)`` in its order, a block at a time; a box whose rows
+        stop decoding ends early, its HostError in ``late``."""
+        rows = box.rows
+        sent = 0
+        try:
+            if isinstance(rows, WireRows):
+                yield from rows.merge_items(keyed, box)
+                return
+            key = flow_key(self.sort)
+            if not box.result.answer.ordered:  # a plain answer from a box: sorted here
+                rows = sorted(rows, key=key)
+            tags = itertools.repeat(box)
+            for start in range(0, len(rows), PLAIN_BLOCK):
+                block = rows[start : start + PLAIN_BLOCK]
+                keys = map(key, block) if keyed else itertools.repeat(None)
+                yield list(zip(keys, tags, block))
+                sent += len(block)
+        except Exception as exc:  # noqa: BLE001 - this box's error row, the rest prints
+            log.debug("rows of %s stopped", box.result.target.label, exc_info=True)
+            if isinstance(rows, WireRows):
+                sent = rows.decoded  # every row of the blocks before went to the merge
+            message = (
+                f"its rows stopped decoding after {sent:,} of {len(box.rows):,} "
+                f"({type(exc).__name__}: {capped(str(exc), 300)}); the rows after those were "
+                "left out"
+            )
+            kind = exc.kind if isinstance(exc, AnswerError) else "internal"
+            if all(late.target is not box.result.target for late in self.late):  # once
+                self.late.append(HostError(box.result.target, message, kind, box.result.seconds))
+
+    def errors(self) -> list[dict[str, Any]]:
+        """The error records of the boxes that failed during the merge."""
+        return [error_record(e) for e in self.late]
+
+
+PLAIN_BLOCK = 4096  # rows of a plain answer's list taken into the merge at a time
+
+
+def merge_stream(
+    results: Sequence[Outcome], sort: Optional[str] = None, limit: Optional[int] = None
+) -> FleetStream:
+    """Every answering box's rows, k-way merged in the order of :func:`merge_flows` (numeric;
+    ties in box order, then in each box's own order) as they are read: each box's rows come
+    sorted (by the agent, checked at the boundary), so only the merge front is held; ``limit``
+    stops after that many rows, the rest never decoded.
+
+    >>> from natfleet import api
+    >>> targets, _ = api.resolve_targets(inputs=["tests/data/tables/lab-box.txt"] * 2)
+    >>> [row.proto for _box, row in merge_stream(api.read_fleet(targets, api.list_request()),
+    ...                                          "dst-port", limit=3)]
+    ['icmp', 'icmp', 'udp']
+    """
+    boxes = [
+        StreamBox(i, r, target_json(r.target), r.answer.names, r.answer.flows)
+        for i, r in enumerate(results)
+        if isinstance(r, HostResult)
+    ]
+    return FleetStream(boxes, sort, limit)
 
 
 def error_record(error: HostError) -> dict[str, Any]:

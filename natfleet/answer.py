@@ -9,7 +9,8 @@ box's error row. Past this module nothing needs ``.get(...) or {}`` on a box's d
 nothing here prints: the output layer escapes every string.
 
 The wire format (docs/json.md, agent version 2): a header line (one JSON object), then, in
-list mode, as many row lines as the header's ``rows`` says.
+list mode, as many row lines as the header's ``rows`` says; or a compact answer (one zlib
+stream, rows in column blocks), inflated and checked by natfleet/answer_wire.py.
 
 Example:
     >>> reader = AnswerReader("nat-a", {"mode": "summary"}, cap=1 << 20)
@@ -31,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib  # noqa: F401 (the examples use it)
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -156,12 +158,15 @@ class Answer:
     malformed: MalformedLines = MalformedLines()
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    cpu: Optional[float] = None  # the agent's CPU seconds, workers included (None: not said)
     executor: str = "python"
     summary: Optional[Summary] = None
-    flows: list[Flow] = field(default_factory=list)
+    flows: Sequence[Flow] = field(default_factory=list)  # a list, or answer_wire.WireRows
     names: dict[str, str] = field(default_factory=dict)
     own_session: Optional[OwnSession] = None  # natfleet's own SSH session on the box
     own_flows: int = 0  # entries left out of counts and rows: that session
+    ordered: bool = False  # flows already in the request's order (this process's agent made them)
+    check: Optional[Any] = None  # check mode: natfleet.answer_check.CheckFacts
 
     def to_json(self) -> dict[str, Any]:
         """The box's answer as natfleet prints it in JSON (docs/json.md), without rows."""
@@ -183,12 +188,15 @@ class Answer:
             },
             "warnings": list(self.warnings),
             "seconds": self.seconds,
+            "cpu": self.cpu,
             "executor": self.executor,
             "own_session": vars(self.own_session).copy() if self.own_session else None,
             "own_flows": self.own_flows,
         }
         if self.summary is not None:
             data["summary"] = self.summary.to_json()
+        if self.check is not None:
+            data["check"] = self.check.to_json()
         return data
 
 
@@ -604,14 +612,17 @@ _FLOW_KEYS = frozenset(
 )  # fmt: skip
 
 
-def check_names(data: Any, flows: Sequence[Flow]) -> dict[str, str]:
+def check_names(
+    data: Any, flows: Sequence[Flow], wanted: Optional[set[str]] = None
+) -> dict[str, str]:
     """A box's reverse lookups: host names (never an address) for addresses of its own
-    rows, as the agent sends them; anything else is an AnswerError (one box cannot name
-    another box's addresses)."""
+    rows (``flows``, or the addresses ``wanted``), as the agent sends them; anything else is
+    an AnswerError (one box cannot name another box's addresses)."""
     names = _dict(data, "names")
-    wanted: set[str] = set()
-    for flow in flows:
-        wanted.update((flow.osrc, flow.odst, flow.rsrc, flow.rdst))
+    if wanted is None:
+        wanted = set()
+        for flow in flows:
+            wanted.update((flow.osrc, flow.odst, flow.rsrc, flow.rdst))
     for addr, name in names.items():
         if addr not in wanted:
             raise _bad("names", "names for addresses of the box's own rows", addr)
@@ -640,6 +651,16 @@ def decode_line(line: bytes, what: str) -> Any:
             raise
         start = line[:60].decode("utf-8", "replace")
         raise AnswerError(f"{what} is not JSON ({exc.args[0][:80]}): starts {start!r}") from None
+
+
+def is_zlib(data: bytes) -> bool:
+    """Whether ``data`` starts with a zlib header (deflate, 32 KiB window, RFC 1950): a
+    compressed answer; a plain one starts with ``{``.
+
+    >>> is_zlib(zlib.compress(b"{}")), is_zlib(b'{"agent":2}'), is_zlib(b"xx")
+    (True, False, False)
+    """
+    return len(data) >= 2 and data[0] == 0x78 and (data[0] << 8 | data[1]) % 31 == 0
 
 
 class AnswerReader:
@@ -671,11 +692,34 @@ class AnswerReader:
         self._rows_expected = 0
         self._flows: list[Flow] = []
         self._done: Optional[Answer] = None
+        self.sort = request.get("sort")
+        self._inflater: Optional[Any] = None  # answer_wire.Inflater: a compressed answer
+        self._chunks: Optional[list[bytes]] = None  # its bytes as they came, while needed
+        self._body: Optional[Any] = None  # answer_wire.CompactBody: compact row blocks
+        self._header_bytes = 0
+        self._ordered = False  # feed_local: the agent here sorted the flows
+        self._start = b""  # the first byte, until a second tells whether it is compressed
 
     # ---- feeding
 
     def feed(self, chunk: bytes) -> None:
-        """Take the next bytes of the answer; raises AnswerError on the first broken rule."""
+        """Take the next bytes of the answer; raises AnswerError on the first broken rule.
+        An answer that starts with a zlib header (0x78) is compressed (natfleet/agent_wire.py):
+        it is inflated here, the caps counting the inflated bytes."""
+        if not self.received and self._inflater is None:
+            chunk = self._start + chunk
+            if len(chunk) < 2:  # too little to tell a zlib stream from a plain answer
+                self._start = chunk
+                return
+            self._start = b""
+            if is_zlib(chunk):
+                from natfleet.answer_wire import Inflater
+
+                self._inflater = Inflater(self.cap)
+                self._chunks = []
+        if self._inflater is not None:
+            self._feed_compressed(chunk)
+            return
         self.received += len(chunk)
         if self.received > self.cap:
             raise AnswerError(
@@ -689,6 +733,26 @@ class AnswerReader:
         for line in lines:
             self._line(line)
 
+    def _feed_compressed(self, chunk: bytes) -> None:
+        assert self._inflater is not None
+        self.received += len(chunk)
+        if self.received > self.cap + (self.cap >> 6) + 4096:  # zlib's worst case, and more
+            raise AnswerError(f"the compressed answer is larger than {self.cap:,} bytes")
+        if self._chunks is not None:
+            self._chunks.append(chunk)
+        for piece in self._inflater.feed(chunk):
+            if self._body is not None:
+                continue  # row blocks: checked once the stream is whole (finish)
+            lines = (self._rest + piece).split(b"\n")
+            self._rest = lines.pop()
+            for line in lines:
+                self._line(line)
+                if self._body is not None:  # the header of a compact answer: blocks follow
+                    self._rest = b""
+                    break
+            if len(self._rest) > self.line_cap:
+                raise AnswerError(f"a line of the answer is longer than {self.line_cap:,} bytes")
+
     def _line(self, line: bytes) -> None:
         if len(line) > self.line_cap:
             raise AnswerError(f"a line of the answer is longer than {self.line_cap:,} bytes")
@@ -698,6 +762,7 @@ class AnswerReader:
             data = decode_line(line, "the answer's first line")
             if not isinstance(data, dict):
                 raise _bad("the answer", "a JSON object", data)
+            self._header_bytes = len(line) + 1
             self._take_header(data)
             return
         if len(self._flows) >= self._rows_expected or self._failure is not None:
@@ -722,6 +787,19 @@ class AnswerReader:
             self._rows_expected = _int(data.get("rows"), "rows", 0, high)
         elif "rows" in data:
             raise _bad("rows", f"none in a {self.mode} answer", data["rows"])
+        encoding = data.get("encoding")
+        if encoding is not None:  # rows in column blocks: natfleet/answer_wire.py
+            if encoding != "compact" or self.mode != "list" or self._chunks is None:
+                raise _bad("encoding", "compact, in a compressed list answer", encoding)
+            from natfleet.answer_wire import CompactBody
+
+            names = data.get("names") is not None
+            self._body = CompactBody(
+                self._rows_expected, self.sort, self.line_cap, names, self._header_bytes
+            )
+            self._body.chunks = self._chunks
+        else:
+            self._chunks = None  # nothing to decode again: the checked records are kept
 
     def feed_raw_answer(self, answer: dict[str, Any]) -> None:
         """Take an answer the agent code produced here from a box's raw dump (or a local or
@@ -737,12 +815,32 @@ class AnswerReader:
             for i, row in enumerate(rows or ()):
                 self._flows.append(check_row(row, f"rows[{i}]"))
 
+    def feed_local(self, answer: dict[str, Any], flows: list[Flow]) -> None:
+        """Take a listing this process's own agent code made (``agent.run`` on this machine's
+        table or a dump file): the header is checked as a box's; the flows, made here by the
+        agent's own parser (as ``natfleet local`` shows them), are taken as they are."""
+        if self.received or self._header is not None or self._failure is not None:
+            raise AnswerError("an answer was already given")
+        header = agent.printable_answer(dict(answer))
+        header["rows"] = len(flows)
+        self._take_header(header)
+        self._flows = flows
+        self._ordered = True
+
     # ---- finishing
 
     def finish(self) -> Answer:
         """The checked answer; raises AnswerError, or the agent's own error (ok: false)."""
         if self._done is not None:
             return self._done
+        if self._start:  # a single byte: a plain answer of one byte
+            start, self._start = self._start, b""
+            self.received += len(start)
+            self._rest += start
+        if self._inflater is not None:
+            self._inflater.finish()  # cut short, or corrupt (zlib's checksum), said first
+        if self._body is not None:
+            self._body.check()  # every block, from the kept bytes
         if self._rest.strip():
             rest, self._rest = self._rest, b""
             self._line(rest)
@@ -750,7 +848,7 @@ class AnswerReader:
             raise self._failure
         if self._header is None:
             raise AnswerError("the box answered nothing")
-        if len(self._flows) < self._rows_expected:
+        if self._body is None and len(self._flows) < self._rows_expected:
             raise AnswerError(
                 f"the answer was cut short: {len(self._flows):,} of "
                 f"{self._rows_expected:,} rows arrived"
@@ -763,12 +861,24 @@ class AnswerReader:
             _text(w, "warnings[]") for w in _list(data.get("warnings", []), "warnings", 100)
         ]
         names: dict[str, str] = {}
+        flows: Sequence[Flow] = self._flows
+        wanted = None
+        if self._body is not None:
+            from natfleet.answer_wire import WireRows
+
+            flows = WireRows(self._body)
+            wanted = self._body.referenced
         if data.get("names") is not None:
-            checked = check_names(data["names"], self._flows)
+            checked = check_names(data["names"], flows, wanted)
             names = checked if self.resolve else {}  # only what natfleet asked for
         summary = None
-        if self.mode == "summary":
+        if self.mode in ("summary", "check"):
             summary = check_summary(data.get("summary"))
+        check = None
+        if self.mode == "check":  # its own checks: natfleet/answer_check.py
+            from natfleet.answer_check import check_check
+
+            check = check_check(data.get("check"))
         executor = data.get("executor", "python")
         if executor not in ("python", "raw"):
             raise _bad("executor", "python or raw", executor)
@@ -779,12 +889,15 @@ class AnswerReader:
             malformed=check_malformed(data.get("malformed", {"count": 0})),
             warnings=warnings,
             seconds=_num(data.get("seconds", 0.0), "seconds", 0.0, 1e7),
+            cpu=_opt_num(data.get("cpu"), "cpu", 0.0, 1e7),
             executor=executor,
             summary=summary,
-            flows=self._flows,
+            flows=flows,
+            ordered=self._ordered or self._body is not None,  # compact: checked at receipt
             names=names,
             own_session=check_own_session(data.get("own_session")),
             own_flows=_int(data.get("own_flows", 0), "own_flows", 0, U32),
+            check=check,
         )
 
 

@@ -32,11 +32,13 @@ from natfleet.models import Device, HostError, HostResult, Target
 if TYPE_CHECKING:  # boto3 and paramiko load only when AWS or SSH is used
     import boto3
 
+    from natfleet.check.report import CheckReport
     from natfleet.cloudwatch import Window
     from natfleet.compare import Comparison
     from natfleet.config import Prices
     from natfleet.remote import Executor
     from natfleet.ssh import SshOptions
+    from natfleet.ssm import SsmOptions
 
 __all__ = [
     "Config",
@@ -45,6 +47,8 @@ __all__ = [
     "HostResult",
     "ReadOptions",
     "Target",
+    "check",
+    "check_request",
     "compare",
     "discover",
     "gateway_metrics",
@@ -58,6 +62,7 @@ __all__ = [
     "ssh_executor",
     "summary_request",
     "time_window",
+    "transport",
 ]
 
 resolve_targets = _targets.resolve_targets
@@ -143,6 +148,49 @@ def ssh_executor(options: SshOptions) -> Executor:
     from natfleet.ssh import SshConnector
 
     return SshConnector(options)
+
+
+def transport(
+    ssh_options: Optional[SshOptions] = None,
+    via: str = "ssh",
+    sessions: Optional[dict[Optional[str], boto3.Session]] = None,
+    ssm_options: Optional[SsmOptions] = None,
+    eic: bool = False,
+    profile_of: Optional[dict[str, Optional[str]]] = None,
+    probe_timeout: float = 1.5,
+) -> Executor:
+    """The transport for ``via``: ``ssh`` (with ``eic``, EC2 Instance Connect pushes the
+    login key first), ``ssm`` (Run Command), or ``auto`` (SSM for an instance without a
+    reachable SSH path: natfleet.ssm.AutoExecutor). ``sessions`` (by profile) and
+    ``profile_of`` (instance ID -> profile) are for the AWS calls; raises UsageError.
+
+    Example (Run Command, answers over 24,000 characters read from S3)::
+
+        executor = transport(SshOptions(), via="ssm", sessions=sessions(["prod"]),
+                             ssm_options=SsmOptions(output_s3="my-bucket/natfleet"))
+        read_fleet(instance_targets(discover(sessions(["prod"])))[0], summary_request(),
+                   executor)
+    """
+    from natfleet import ssm
+    from natfleet.ssh import SshOptions
+
+    if via not in ssm.VIA:
+        raise UsageError(f"via must be one of {', '.join(ssm.VIA)}, not {via!r}")
+    if (via != "ssh" or eic) and not sessions:
+        raise UsageError(f"--via {via}{' --eic' if eic else ''} needs AWS sessions")
+    ssh: Optional[Executor] = None
+    if via != "ssm":
+        ssh = ssh_executor(ssh_options or SshOptions())
+        if eic:
+            from natfleet.eic import EicExecutor
+
+            ssh = EicExecutor(ssh, sessions or {}, profile_of)
+        if via == "ssh":
+            return ssh
+    run_command = ssm.SsmExecutor(ssm_options or ssm.SsmOptions(), sessions or {}, profile_of)
+    if via == "ssm":
+        return run_command
+    return ssm.AutoExecutor(ssh, run_command, probe_timeout)
 
 
 def read_fleet(
@@ -250,3 +298,49 @@ def compare(
     from natfleet import compare as comparing
 
     return comparing.compare(sessions, devices, results, prices, window)
+
+
+def check_request(top: int = 10, jobs: Optional[int] = None) -> dict[str, Any]:
+    """A check request: a summary (``top`` talkers, ``jobs`` processes) and the check facts."""
+    request: dict[str, Any] = {**summary_request(top, jobs), "mode": "check"}
+    return _checked(request)
+
+
+def check(
+    targets: Sequence[Target],
+    executor: Optional[Executor] = None,
+    options: Optional[ReadOptions] = None,
+    *,
+    config: Optional[Config] = None,
+    interval: Optional[float] = None,
+    devices: Sequence[Device] = (),
+    gateway_rows: Sequence[dict[str, Any]] = (),
+    methods: Sequence[str] = ("tag", "route", "source-dest-check"),
+    errors: Sequence[HostError] = (),
+    progress: Optional[Progress] = None,
+) -> CheckReport:
+    """``natfleet check`` as a function: read every target in check mode (with
+    ``interval``, an info read first and the check read that many seconds later, so the
+    drop and ENA counters' growth is known), then the findings of every box, every
+    discovered device and every NAT gateway row (:func:`gateway_metrics`), worst first.
+    ``errors`` (targets that could not be read) join the report's errors.
+
+    >>> targets, _ = resolve_targets(inputs=["tests/data/tables/lab-box.txt"])
+    >>> [f.id for _box, f in check(targets).findings()][:1]
+    ['facts-unknown']
+    """
+    import time
+
+    from natfleet.check.report import build_report
+
+    config = config or load_config()
+    first = None
+    started = time.monotonic()
+    if interval:
+        first = read_fleet(targets, {"mode": "info"}, executor, options, progress)
+        time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    second = time.monotonic()
+    results = read_fleet(targets, check_request(), executor, options, progress)
+    seconds = second - started if first is not None else None
+    outcomes = [*results, *errors]
+    return build_report(outcomes, devices, gateway_rows, methods, config.check, first, seconds)

@@ -15,11 +15,13 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from natfleet.check.thresholds import CheckConfig, parse_check
 from natfleet.errors import ConfigError, UsageError
 from natfleet.limits import AnswerLimits, MiB
 
@@ -57,12 +59,29 @@ class SshConfig:
 
 
 @dataclass(frozen=True)
+class SsmConfig:
+    """How boxes are reached without SSH (``[ssm]``): ``via`` ssh, ssm or auto (SSM for a
+    discovered instance without a reachable SSH path), Run Command's S3 output, its
+    MaxConcurrency/MaxErrors, boxes in flight at once, and Instance Connect (``eic``)."""
+
+    via: str = "ssh"
+    output_s3: str = ""
+    max_concurrency: str = "50"
+    max_errors: str = "100%"
+    parallel: int = 100
+    probe_timeout: float = 1.5
+    eic: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``path`` is the file read (None: built-in defaults)."""
 
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     ssh: SshConfig = field(default_factory=SshConfig)
+    ssm: SsmConfig = field(default_factory=SsmConfig)
     limits: AnswerLimits = field(default_factory=AnswerLimits)
+    check: CheckConfig = field(default_factory=CheckConfig)  # [check]: natfleet check
     prices_file: Optional[Path] = None
     path: Optional[Path] = None
 
@@ -156,7 +175,7 @@ def parse_config(data: dict[str, Any], path: Optional[Path] = None) -> Config:
         8
     """
     where = str(path or "config")
-    _only(data, {"discovery", "ssh", "limits", "prices"}, where, "")
+    _only(data, {"discovery", "ssh", "limits", "prices", "ssm", "check"}, where, "")
     disc = _table(data, "discovery", where)
     ssh = _table(data, "ssh", where)
     limits = _table(data, "limits", where)
@@ -215,6 +234,44 @@ def parse_config(data: dict[str, Any], path: Optional[Path] = None) -> Config:
         limits=AnswerLimits(summary_bytes=summary_kb * 1024, list_bytes=listing_mb * MiB),
         prices_file=_relative(prices_file, path) if prices_file else None,
         path=path,
+        check=parse_check(_table(data, "check", where), where),
+        ssm=parse_ssm(_table(data, "ssm", where), where),
+    )
+
+
+SSM_VIA = ("ssh", "ssm", "auto")
+
+
+def parse_ssm(table: dict[str, Any], where: str = "config") -> SsmConfig:
+    """The ``[ssm]`` section; errors name ``where`` and the key.
+
+    Example:
+        >>> parse_ssm({"via": "auto", "output_s3": "logs/natfleet"}).via
+        'auto'
+    """
+    d = SsmConfig()
+    keys = {"via", "output_s3", "max_concurrency", "max_errors", "parallel", "probe_timeout"}
+    _only(table, keys | {"eic"}, where, "ssm.")
+    via = _get(table, "via", str, d.via, where, "ssm")
+    if via not in SSM_VIA:
+        raise ConfigError(f"{where}: ssm.via must be one of {', '.join(SSM_VIA)}, not {via!r}")
+    texts = {}
+    for key in ("max_concurrency", "max_errors"):
+        texts[key] = str(_get(table, key, (str, int), getattr(d, key), where, "ssm"))
+        if not re.fullmatch(r"[0-9]{1,7}%?", texts[key]):
+            raise ConfigError(f"{where}: ssm.{key} must be a number or a percentage like '10%'")
+    parallel = _get(table, "parallel", int, d.parallel, where, "ssm")
+    probe = float(_get(table, "probe_timeout", (int, float), d.probe_timeout, where, "ssm"))
+    if parallel < 1 or probe <= 0:
+        raise ConfigError(f"{where}: ssm.parallel must be at least 1, ssm.probe_timeout > 0")
+    return SsmConfig(
+        via=via,
+        output_s3=_get(table, "output_s3", str, d.output_s3, where, "ssm"),
+        max_concurrency=texts["max_concurrency"],
+        max_errors=texts["max_errors"],
+        parallel=parallel,
+        probe_timeout=probe,
+        eic=_get(table, "eic", bool, d.eic, where, "ssm"),
     )
 
 

@@ -19,6 +19,7 @@ class ExitCode(enum.IntEnum):
     ERROR = 1  # nothing useful could be done
     USAGE = 2  # bad flags or arguments
     PARTIAL = 3  # some targets failed; their errors are rows, the rest printed
+    FINDINGS = 4  # natfleet check: a finding reached --fail-on (every target answered)
 
 
 class NatfleetError(Exception):

@@ -62,11 +62,11 @@ def _read(
         if executor is None:
             raise TargetError(f"{target.label}: no SSH connector given", kind="internal")
         result = remote.run_agent(
-            executor, target, request, reader, deadline, cap, limits.stderr_bytes
+            executor, target, remote_request(request), reader, deadline, cap, limits.stderr_bytes
         )
         received = result.received
     elif target.kind == "local":
-        reader.feed_raw_answer(agent.handle(request, agent.LocalSources("/")))
+        _in_process(reader, request, agent.LocalSources("/"))
     elif target.kind == "file":
         # the agent streams the file (or stdin for '-') and detects its format itself
         if target.path != "-":
@@ -76,10 +76,41 @@ def _read(
             except OSError as exc:
                 message = f"cannot read {target.path}: {exc.strerror or exc}"
                 raise TargetError(message, kind="input") from None
-        reader.feed_raw_answer(agent.handle(request, agent.DumpSources(table_file=target.path)))
+        _in_process(reader, request, agent.DumpSources(table_file=target.path))
     else:
         raise TargetError(f"unknown target kind {target.kind!r}", kind="internal")
     return reader.finish(), received
+
+
+COMPACT_MODES = ("list", "summary", "info")
+
+
+def remote_request(request: dict[str, Any]) -> dict[str, Any]:
+    """The request as a box gets it: listings, summaries and info answer compact
+    (``"encoding": "compact"``: compressed, rows in column blocks; natfleet/agent_wire.py)
+    unless the request says otherwise.
+
+    >>> remote_request({"mode": "list"})
+    {'mode': 'list', 'encoding': 'compact'}
+    """
+    if request.get("mode", "list") in COMPACT_MODES and "encoding" not in request:
+        return {**request, "encoding": "compact"}
+    return request
+
+
+def _in_process(reader: AnswerReader, request: dict[str, Any], sources: agent.Sources) -> None:
+    """This machine's table or a dump file, read by the agent code in this process: a
+    listing's flows go to the boundary as the agent made them (as ``natfleet local`` shows
+    them), anything else as the agent's answer dict."""
+    if request.get("mode", "list") != "list":
+        reader.feed_raw_answer(agent.handle(request, sources))
+        return
+    try:
+        answer, flows = agent.run(agent.Request(request), sources)
+    except Exception as exc:  # noqa: BLE001 - the agent's own failure answer, as handle() makes
+        reader.feed_raw_answer(agent._failure_for(exc))
+        return
+    reader.feed_local(answer, flows)
 
 
 def run_one(

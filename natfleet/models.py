@@ -11,9 +11,11 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
+from natfleet.errors import ExitCode
 from natfleet.text import printable
 
 if TYPE_CHECKING:
@@ -33,6 +35,13 @@ FAILURE_KINDS = (
     "no_table",  # no conntrack table on the box
     "bad_request",  # the box refused natfleet's request
     "input",  # a --input file could not be read
+    "not_managed",  # SSM: not a managed instance (agent, profile, endpoints), Undeliverable
+    "ssm_delivery",  # SSM: not delivered in time (Pending too long, Delayed, DeliveryTimedOut)
+    "ssm_cancelled",  # SSM: the command was cancelled or terminated
+    "ssm_output",  # SSM: the answer passed GetCommandInvocation's 24,000 characters, no S3 output
+    "aws_denied",  # SSM, S3 or Instance Connect refused: access denied (the IAM action named)
+    "throttled",  # SSM: Rate Exceeded / throttled past the retries
+    "eic",  # EC2 Instance Connect could not push the key (or none to push)
     "internal",  # a bug in natfleet (run with --debug)
 )
 
@@ -99,6 +108,18 @@ class HostError:
     message: str
     kind: str = "internal"
     seconds: float = 0.0
+
+
+def exit_code(results: Sequence[object]) -> ExitCode:
+    """0 when every target answered, 3 when some failed (HostError), 1 when all failed.
+
+    >>> exit_code([]), exit_code([HostError(Target("nat-a"), "refused")])
+    (<ExitCode.OK: 0>, <ExitCode.ERROR: 1>)
+    """
+    failed = sum(isinstance(r, HostError) for r in results)
+    if not failed:
+        return ExitCode.OK
+    return ExitCode.ERROR if failed == len(results) else ExitCode.PARTIAL
 
 
 @dataclass

@@ -83,7 +83,10 @@ class Sink(Protocol):
 
 # The box-side modules, natfleet.<name>, in load order: all stdlib only, Python 3.6+. Each
 # may import the ones before it (``from natfleet import agent``); agent.main() runs.
-AGENT_MODULES = ("agent",)
+AGENT_MODULES = ("agent", "agent_wire", "agent_check", "agent_watch")
+# Modules only one mode uses travel only with a request of that mode (the bundle stays small:
+# an SSM command has a size limit, and every box reads it on every run)
+MODE_MODULES = {"agent_check": "check", "agent_watch": "watch"}
 # Run on the box: makes an empty ``natfleet`` package, loads each module under its own name
 # (so dataclasses, pickling by the parallel workers and tracebacks see real module names)
 BUNDLE_LOADER = """import sys,types
@@ -93,40 +96,50 @@ for n,s in SOURCES:
     sys.modules[m.__name__]=m;setattr(p,n,m);exec(compile(s,m.__file__,"exec"),m.__dict__)
 sys.exit(sys.modules["natfleet.agent"].main())
 """
-_BUNDLE: list[bytes] = []
 
 
-def agent_bundle() -> bytes:
-    """The agent program REMOTE_COMMAND runs, uncompressed: every AGENT_MODULES source and a
-    loader that runs ``agent.main()``.
+def bundle_modules(mode: object) -> tuple[str, ...]:
+    """The AGENT_MODULES a request of ``mode`` needs, in load order.
+
+    >>> bundle_modules("summary"), bundle_modules("check")[-1]
+    (('agent', 'agent_wire'), 'agent_check')
+    """
+    return tuple(m for m in AGENT_MODULES if MODE_MODULES.get(m, mode) == mode)
+
+
+_BUNDLES: dict[tuple[str, ...], tuple[bytes, bytes]] = {}  # modules: (program, compressed)
+
+
+def _bundle(mode: object) -> tuple[bytes, bytes]:
+    modules = bundle_modules(mode)
+    if modules not in _BUNDLES:
+        here = Path(agent.__file__).parent
+        sources = ",".join(f"({name!r},{(here / f'{name}.py').read_bytes()!r})" for name in modules)
+        program = f"SOURCES=({sources},)\n{BUNDLE_LOADER}".encode("ascii")
+        _BUNDLES[modules] = (program, zlib.compress(program, 9))
+    return _BUNDLES[modules]
+
+
+def agent_bundle(mode: object = "summary") -> bytes:
+    """The agent program REMOTE_COMMAND runs for a request of ``mode``, uncompressed: the
+    sources of :func:`bundle_modules` and a loader that runs ``agent.main()``.
 
     >>> program = agent_bundle()
     >>> program.startswith(b"SOURCES=((") and b"natfleet.agent" in program
     True
     """
-    if not _BUNDLE:
-        here = Path(agent.__file__).parent
-        sources = ",".join(
-            f"({name!r},{(here / f'{name}.py').read_bytes()!r})" for name in AGENT_MODULES
-        )
-        _BUNDLE.append(f"SOURCES=({sources},)\n{BUNDLE_LOADER}".encode("ascii"))
-    return _BUNDLE[0]
-
-
-_COMPRESSED: list[bytes] = []
+    return _bundle(mode)[0]
 
 
 def agent_stdin(request: dict[str, Any]) -> bytes:
     """What REMOTE_COMMAND reads: the compressed program's byte length on a line, the
-    program (:func:`agent_bundle`, zlib), then the request.
+    program (:func:`agent_bundle` for the request's mode, zlib), then the request.
 
     >>> head, rest = agent_stdin({"mode": "info"}).split(b"\\n", 1)
-    >>> zlib.decompress(rest[: int(head)]) == agent_bundle()
+    >>> zlib.decompress(rest[: int(head)]) == agent_bundle("info")
     True
     """
-    if not _COMPRESSED:
-        _COMPRESSED.append(zlib.compress(agent_bundle(), 9))
-    program = _COMPRESSED[0]
+    program = _bundle(request.get("mode", "list"))[1]
     return b"%d\n" % len(program) + program + json.dumps(request).encode("ascii")
 
 

@@ -13,7 +13,8 @@ Honoured: ``~/.ssh/config`` (HostName, User, Port, IdentityFile, IdentitiesOnly,
 ProxyCommand, UserKnownHostsFile, GlobalKnownHostsFile, ``Include``), ssh-agent, ``-i`` key
 files, a bastion (``--proxy-jump``), known_hosts read as OpenSSH reads it (hashed names,
 ``[host]:port``, wildcards, ``@revoked``; ``@cert-authority`` and corrupt lines are skipped
-with a warning) with strict checking (OpenSSH ``accept-new`` on request), compression.
+with a warning) with strict checking (OpenSSH ``accept-new`` on request), compression (off for
+the agent, whose program and answers are zlib-compressed already).
 
 Example:
     >>> from natfleet.remote import REMOTE_COMMAND, agent_stdin
@@ -36,9 +37,11 @@ import hmac
 import logging
 import os
 import re
+import select
 import shlex
 import socket
 import stat
+import subprocess
 import threading
 import time
 from contextlib import suppress
@@ -53,7 +56,7 @@ from natfleet.config import SshConfig
 from natfleet.errors import ConfigError, TargetError
 from natfleet.limits import Deadline
 from natfleet.models import Target
-from natfleet.remote import ExecResult
+from natfleet.remote import REMOTE_COMMAND, ExecResult
 from natfleet.targets import split_host_spec
 
 log = logging.getLogger(__name__)
@@ -687,8 +690,11 @@ class SshConnector:
         where = hop.where + (" (via bastion)" if len(hops) > 1 else "")
         sudo = SUDO_PREFIX if as_root and hop.user != "root" else ""
         started = time.monotonic()
+        # the agent's program and its answers are zlib streams already: SSH compression
+        # would only burn CPU twice (it stays on for the raw fallback's plain text)
+        compress = command != REMOTE_COMMAND
         with _Session(deadline) as session:
-            client = self._connect(hops, session)
+            client = self._connect(hops, session, compress)
             run = _Run(session, _label(target, hop, where), max_stderr)
             status = run.execute(client, sudo + command, stdin, on_stdout)
         received = run.stdout_bytes + run.stderr_bytes
@@ -697,15 +703,17 @@ class SshConnector:
 
     # ---- connecting
 
-    def _connect(self, hops: list[_Hop], session: _Session) -> Any:
-        """Connect every hop (bastions first); the target's client."""
+    def _connect(self, hops: list[_Hop], session: _Session, compress: bool = True) -> Any:
+        """Connect every hop (bastions first); the target's client. Only the target's own
+        connection may be compressed: a bastion carries the target's encrypted stream."""
         client: Any = None
         for i, hop in enumerate(hops):
             via = f" (via {hops[i - 1].where})" if i else ""
             if session.expired:
                 raise self._no_answer(f"{hop.where}{via}", session, 0)
             sock = self._open_sock(hop, hops[i - 1] if i else None, client, session, via)
-            client = self._connect_hop(hop, sock, session, via)
+            last = i == len(hops) - 1
+            client = self._connect_hop(hop, sock, session, via, compress and last)
         return client
 
     def _open_sock(
@@ -724,7 +732,7 @@ class SshConnector:
                 )
             elif hop.proxy_command:
                 # paramiko runs it with shlex.split (no shell); host names are validated.
-                sock = paramiko.ProxyCommand(hop.proxy_command)
+                sock = _ProxyCommand(hop.proxy_command)
             else:
                 sock = self.tcp_connect(
                     (hop.hostname, hop.port), deadline.bound(self.options.connect_timeout)
@@ -776,7 +784,9 @@ class SshConnector:
             )
         return _tcp_error(exc, where)
 
-    def _connect_hop(self, hop: _Hop, sock: Any, session: _Session, via: str) -> Any:
+    def _connect_hop(
+        self, hop: _Hop, sock: Any, session: _Session, via: str, compress: bool = True
+    ) -> Any:
         client = self.client_factory()
         session.clients.append(client)  # closed with the session, on any failure too
         known = self.known_hosts.lookup(hop.known_hosts_files, hop.known_hosts_name)
@@ -801,7 +811,7 @@ class SshConnector:
                 key_filename=hop.key_files or None,
                 look_for_keys=not hop.key_files,
                 allow_agent=not (hop.identities_only and hop.key_files),
-                compress=True,
+                compress=compress,
                 sock=sock,
                 timeout=step,
                 banner_timeout=step,
@@ -836,6 +846,8 @@ class SshConnector:
         where = f"{hop.where}{via}"
         text = str(exc)
         lowered = text.lower()
+        if isinstance(exc, _ProxyExited):
+            return target_error("connect", proxy_exit_message(where, exc.status, exc.stderr))
         if isinstance(exc, paramiko.PasswordRequiredException):
             return target_error(
                 "auth",
@@ -898,6 +910,99 @@ class SshConnector:
             f"authentication failed for {where} (tried {keys}): {_shown(str(exc))}. Give the "
             "right login with --ssh-user or USER@HOST, a key with -i, or load it into ssh-agent"
         )
+
+
+class _ProxyExited(paramiko.ProxyCommandFailure):
+    """The ProxyCommand ended (its stdout closed) before the SSH connection was made."""
+
+    def __init__(self, command: str, status: Optional[int], stderr: str) -> None:
+        super().__init__(command, stderr or f"exit status {status}")
+        self.status = status
+        self.stderr = stderr
+
+
+class _ProxyCommand(paramiko.ProxyCommand):
+    """paramiko's ProxyCommand, but one whose command exits says so at once, with its stderr
+    (paramiko's reads the closed pipe until the timeout)."""
+
+    def recv(self, size: int) -> bytes:
+        buffer = b""
+        started = time.monotonic()
+        out = self.process.stdout
+        assert out is not None  # (paramiko opens every pipe)
+        while len(buffer) < size:
+            wait = None
+            if self.timeout is not None:
+                wait = self.timeout - (time.monotonic() - started)
+                if wait <= 0:
+                    if buffer:
+                        return buffer
+                    raise socket.timeout()
+            if select.select([out], [], [], wait)[0]:
+                data = os.read(out.fileno(), size - len(buffer))
+                if not data:  # the command closed its stdout: it ended
+                    if buffer:
+                        return buffer
+                    raise self._exited()
+                buffer += data
+        return buffer
+
+    def send(self, content: Any) -> int:
+        try:
+            self.process.stdin.write(content)  # type: ignore[union-attr]
+        except OSError:  # (a broken pipe: the command ended)
+            raise self._exited() from None
+        return len(content)
+
+    def close(self) -> None:
+        with suppress(ProcessLookupError):  # (it may have ended, and been waited for)
+            super().close()
+
+    def _exited(self) -> _ProxyExited:
+        try:
+            status: Optional[int] = self.process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            status = None
+        err = b""
+        if self.process.stderr is not None and status is not None:
+            err = self.process.stderr.read(8192) or b""
+        return _ProxyExited(" ".join(self.cmd), status, err.decode("utf-8", "replace").strip())
+
+
+# What `aws ssm start-session` (SSH through Session Manager) says when it cannot connect.
+_SESSION_MANAGER = (
+    (
+        "SessionManagerPlugin is not found",
+        "the AWS CLI's Session Manager plugin is not installed on this machine: install "
+        "session-manager-plugin (see 'Install the Session Manager plugin for the AWS CLI')",
+    ),
+    (
+        "TargetNotConnected",
+        "Session Manager says the instance is not connected: it is not a managed instance "
+        "(it needs the SSM agent running, an instance profile with AmazonSSMManagedInstance"
+        "Core, and a way to the ssm and ssmmessages endpoints), or it is stopped",
+    ),
+    (
+        "StartSession",
+        "Session Manager refused the session (the caller needs ssm:StartSession on the "
+        "instance and on the AWS-StartSSHSession document)",
+    ),
+)
+
+
+def proxy_exit_message(where: str, status: Optional[int], stderr: str) -> str:
+    """Why the ProxyCommand for ``where`` ended, said plainly for SSH through Session Manager.
+
+    >>> proxy_exit_message("ec2-user@i-0abc:22", 255, "SessionManagerPlugin is not found.")[:70]
+    "ProxyCommand for ec2-user@i-0abc:22 ended (exit 255): the AWS CLI's Se"
+    """
+    lines = stderr.strip().splitlines()
+    said = _shown(lines[-1]) if lines else "no message"
+    head = f"ProxyCommand for {where} ended (exit {status if status is not None else '?'})"
+    for marker, meaning in _SESSION_MANAGER:
+        if marker in stderr:
+            return f"{head}: {meaning} ({said})"
+    return f"{head} before the SSH connection was made: {said}"
 
 
 def _kex_done(client: Any) -> bool:

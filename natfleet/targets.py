@@ -118,6 +118,10 @@ def input_target(path: str) -> Target:
     if path != "-":
         if not os.path.isfile(path):
             raise UsageError(f"--input {path!r}: no such file")
+        from natfleet.snapshot import is_snapshot  # a natfleet snapshot: its boxes, offline
+
+        if is_snapshot(path):
+            return Target(name=path, host="", kind="snapshot", path=path)
         check_table_file(path)
     return Target(name="stdin" if path == "-" else path, host="", kind="file", path=path)
 

@@ -91,3 +91,66 @@ class ScriptedExecutor:
         return ExecResult(
             script.status, script.stderr[-max_stderr:], received, f"root@{target.host}:22", "root"
         )
+
+
+# --- compact answers and varied tables (tests/test_stream.py) -----------------------------
+
+LINES = DATA / "lines"
+
+
+def compact(request: dict[str, Any], table: str, names: Optional[dict[str, str]] = None) -> bytes:
+    """The compact answer (natfleet/agent_wire.py) a box with ``table`` sends for
+    ``request``; ``names`` go into its header as the box's reverse lookups."""
+    import zlib
+
+    sources = agent.DumpSources({agent.TABLE_PROC: table})
+    data = b"".join(agent.answer_bytes({**request, "encoding": "compact"}, sources))
+    if names is None:
+        return data
+    text = zlib.decompress(data)
+    head, rest = text.split(b"\n", 1)
+    header = json.loads(head)
+    header["names"] = names
+    return zlib.compress(json.dumps(header, separators=(",", ":")).encode() + b"\n" + rest)
+
+
+def _templates() -> list[str]:
+    """One line of every kind in tests/data/lines that is in /proc/net/nf_conntrack form."""
+    found = []
+    for path in sorted(LINES.glob("*.txt")):
+        for line in path.read_text().splitlines():
+            if line.startswith(("ipv4 ", "ipv6 ")):
+                found.append(line)
+    return found
+
+
+def varied_table(seed: int, flows: int, kinds: Optional[list[str]] = None) -> str:
+    """A table of ``flows`` lines made from every kind of line in tests/data/lines (TCP,
+    UDP, SCTP, UDPlite, DCCP, ICMP, GRE, IPv6, zones, counters, secctx, DNAT, local,
+    routed), ports and last address bytes drawn from small ranges so that equal sort keys
+    are frequent, within a box and across boxes; counters sometimes above 2**32."""
+    import random
+    import re
+
+    rnd = random.Random(seed)
+    pool = kinds or _templates()
+    port = re.compile(r"\b(sport|dport|id)=(\d+)")
+    v4 = re.compile(r"\b(src|dst)=(\d+\.\d+\.\d+)\.(\d+)")
+    counters = re.compile(r"\b(packets|bytes)=(\d+)")
+    lines = []
+    for _ in range(flows):
+        line = rnd.choice(pool)
+        line = port.sub(lambda m: f"{m[1]}={int(m[2]) + rnd.choice((0, 0, 1, 2))}", line)
+        line = v4.sub(lambda m: f"{m[1]}={m[2]}.{(int(m[3]) + rnd.choice((0, 0, 1))) % 256}", line)
+        line = counters.sub(lambda m: f"{m[1]}={rnd.choice((0, 7, 5 << 33))}", line)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def names_for(table: str, every: int = 3) -> dict[str, str]:
+    """Host names for some addresses of ``table`` (what a box's lookups could give)."""
+    sources = agent.DumpSources({agent.TABLE_PROC: table})
+    rows = agent.handle({"mode": "list", "filters": {"nat": list(agent.NAT_KINDS)}}, sources)
+    addresses = sorted({r[end][key] for r in rows["rows"] for end in ("orig", "reply")
+                        for key in ("src", "dst")})  # fmt: skip
+    return {a: f"host-{i}.example" for i, a in enumerate(addresses) if i % every == 0}

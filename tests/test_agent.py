@@ -223,9 +223,9 @@ BAD_REQUESTS = [
     ("the request", "list", "must be a JSON object"),
     ("the request", None, "must be a JSON object"),
     ("mdoe", {"mdoe": "list"}, "unknown key"),
-    ("mode", {"mode": "nope"}, "list, summary or info"),
-    ("mode", {"mode": None}, "list, summary or info"),
-    ("mode", {"mode": ["list"]}, "list, summary or info"),
+    ("mode", {"mode": "nope"}, "must be list or summary"),
+    ("mode", {"mode": None}, "must be list or summary"),
+    ("mode", {"mode": ["list"]}, "must be list or summary"),
     ("filters", {"filters": "abc"}, "must be an object, not str"),
     ("filters", {"filters": ["tcp"]}, "must be an object, not list"),
     ("filters", {"filters": 5}, "must be an object, not int"),
@@ -612,6 +612,7 @@ def test_a_listing_is_a_header_then_one_line_per_row():
     assert rows == answer.pop("rows")
     header.pop("rows")
     assert header.pop("seconds") >= 0 and answer.pop("seconds") >= 0
+    assert header.pop("cpu") >= 0 and answer.pop("cpu") >= 0
     assert header == answer
 
 
@@ -786,6 +787,7 @@ def test_agent_is_stdlib_only_python_3_6_syntax():
         elif isinstance(node, ast.ImportFrom):
             assert node.module != "__future__", "__future__ imports need Python 3.7"
             imported.add((node.module or "").split(".")[0])
+    imported.discard("natfleet")  # its own box-side modules (remote.AGENT_MODULES), lazily
     assert imported and imported <= set(sys.stdlib_module_names), imported
     newer_than_3_6 = {"dataclasses", "contextvars", "zoneinfo", "graphlib", "tomllib"}
     assert imported.isdisjoint(newer_than_3_6)
@@ -1201,3 +1203,36 @@ def test_the_fleet_merge_orders_ties_like_one_box(sort):
     assert [json.dumps(f.to_json(), sort_keys=True) for f in merged.flows] == _sorted_tuples(
         sort, lines
     )
+
+
+def test_the_agent_says_its_cpu_seconds_workers_included(tmp_path, monkeypatch):
+    """``cpu`` is this process's and its workers' CPU time over the answer: a summary
+    spread over two workers reports the parsing they did too."""
+    monkeypatch.setattr(agent.threading, "active_count", lambda: 1)  # (fork is safe here)
+    line = (DATA / "lines" / "udp-assured.txt").read_text().rstrip("\n")
+    path = tmp_path / "big.txt"
+    path.write_text("".join(line.replace("5356", str(1024 + i)) + "\n" for i in range(60000)))
+    before = agent.os.times()
+    answer = agent.handle({"mode": "summary", "jobs": 2}, agent.DumpSources(table_file=str(path)))
+    after = agent.os.times()
+    assert answer["summary"]["flows"] == 60000
+    workers = after.children_user + after.children_system
+    workers -= before.children_user + before.children_system
+    everything = workers + after.user + after.system - before.user - before.system
+    assert workers > 0  # the workers' time is counted once they are reaped
+    assert workers - 0.011 <= answer["cpu"] <= everything + 0.011
+    for mode in ("info", "list"):
+        cpu = agent.handle({"mode": mode}, agent.LocalSources(str(ROOT)))["cpu"]
+        assert isinstance(cpu, float) and 0 <= cpu < 5
+
+
+@pytest.mark.parametrize("bad", [-1, "0.5", float("nan"), 1e9, True])
+def test_the_boundary_takes_the_agents_cpu_and_refuses_a_bad_one(bad):
+    answer = agent.handle({"mode": "summary"}, agent.LocalSources(str(ROOT)))
+    checked = answer_module.check_answer("fixture", {"mode": "summary"}, answer)
+    assert checked.cpu == answer["cpu"] and checked.to_json()["cpu"] == answer["cpu"]
+    del answer["cpu"]  # an older agent says nothing: unknown, not 0
+    assert answer_module.check_answer("fixture", {"mode": "summary"}, answer).cpu is None
+    answer["cpu"] = bad
+    with pytest.raises(answer_module.AnswerError, match="cpu"):
+        answer_module.check_answer("fixture", {"mode": "summary"}, answer)

@@ -128,7 +128,9 @@ def test_parse_tag():
         parse_tag("Role")
 
 
-def test_iam_policy_is_exactly_the_read_only_actions():
+def test_iam_policy_reads_and_runs_only_what_natfleet_does():
+    """Reading statements on "*"; running the agent only through SSM's shell document and
+    Instance Connect, only on instances tagged as NAT boxes; S3 only for reading back."""
     policy = json.loads((REPO / "config" / "iam-policy.json").read_text())
     actions = {a for st in policy["Statement"] for a in st["Action"]}
     assert actions == {
@@ -138,8 +140,20 @@ def test_iam_policy_is_exactly_the_read_only_actions():
         "ec2:DescribeNatGateways",
         "ec2:DescribeRegions",
         "cloudwatch:GetMetricData",
+        "ssm:SendCommand",
+        "ssm:GetCommandInvocation",
+        "s3:GetObject",
+        "ec2-instance-connect:SendSSHPublicKey",
     }
     assert all(st["Effect"] == "Allow" for st in policy["Statement"])
+    on_instances = [st for st in policy["Statement"] if "instance/" in str(st["Resource"])]
+    assert {a for st in on_instances for a in st["Action"]} == {
+        "ssm:SendCommand",
+        "ec2-instance-connect:SendSSHPublicKey",
+    }
+    assert all("Condition" in st for st in on_instances)  # tagged NAT instances only
+    document = [st for st in policy["Statement"] if "document/" in str(st["Resource"])]
+    assert [st["Resource"] for st in document] == ["arn:aws:ssm:*::document/AWS-RunShellScript"]
 
 
 def test_costs():

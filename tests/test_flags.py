@@ -17,14 +17,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import zlib
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 
-from natfleet import agent, api
+from natfleet import agent, api, fleet, remote
 from natfleet.cli import main
 from natfleet.remote import ExecResult
 from tests.conftest import DATA
@@ -208,11 +208,16 @@ class FakeBox:
 
     def exec(self, target, command, stdin, on_stdout, deadline, max_stderr=65536, as_root=True):
         size, rest = stdin.split(b"\n", 1)
-        assert rest[: int(size)] == Path(agent.__file__).read_bytes()  # the agent itself
         request = json.loads(rest[int(size) :])
+        program = zlib.decompress(rest[: int(size)])
+        assert program == remote.agent_bundle(request.get("mode", "list"))  # the agent itself
         self.seen.append((target.host, request))
-        out = "".join(line + "\n" for line in agent.answer_lines(request, box_sources()))
-        on_stdout(out.encode("ascii"))
+        if request.get("encoding") == "compact":
+            out = b"".join(agent.answer_bytes(request, box_sources()))
+        else:
+            text = "".join(line + "\n" for line in agent.answer_lines(request, box_sources()))
+            out = text.encode("ascii")
+        on_stdout(out)
         return ExecResult(0, b"", len(out), f"root@{target.host}:22", "root")
 
 
@@ -227,17 +232,17 @@ def boxes(monkeypatch):
     """Every transport, local read and request recorded; reverse DNS answered here."""
     box = FakeBox()
     handled: list[tuple[str, dict[str, Any]]] = []
-    real_handle = agent.handle
+    real_in_process = fleet._in_process
 
-    def handle(request, sources):
+    def in_process(reader, request, sources):  # this machine or a dump, read in-process
         where = getattr(sources, "table_file", None) or type(sources).__name__
         if isinstance(sources, FakeLocal):
             where = "local"
         handled.append((str(where), request))
-        return real_handle(request, sources)
+        return real_in_process(reader, request, sources)
 
     monkeypatch.setattr(api, "ssh_executor", lambda options: box)
-    monkeypatch.setattr(agent, "handle", handle)
+    monkeypatch.setattr(fleet, "_in_process", in_process)
     monkeypatch.setattr(agent, "LocalSources", FakeLocal)
     monkeypatch.setattr(socket, "gethostbyaddr", fake_gethostbyaddr)
     FakeLocal.made = []

@@ -42,6 +42,7 @@ def test_parallel_summary_equals_one_process(table):
     ]
     for answer in answers:
         answer.pop("seconds")
+        answer.pop("cpu")
     one, three = answers
     assert one["malformed"]["count"] == 31
     assert one == three
@@ -78,10 +79,10 @@ def test_small_tables_and_unprojected_listings_stay_in_one_process():
 
 
 def test_a_worker_that_dies_is_an_error_not_a_short_answer(table, monkeypatch):
-    def die(self, first, lines):
+    def die(self, first, text):
         os._exit(3)
 
-    monkeypatch.setattr(agent.Tally, "feed", die)
+    monkeypatch.setattr(agent.Tally, "feed_text", die)
     answer = agent.handle({"mode": "summary", "jobs": 2}, agent.DumpSources(table_file=table))
     assert answer["ok"] is False
     assert answer["error"]["kind"] == "agent"
@@ -107,6 +108,7 @@ def test_parallel_summary_leaves_out_the_own_session_like_one_process(table, tmp
         sources = agent.DumpSources(files, table_file=str(path))
         answer = agent.handle({"mode": "summary", "jobs": jobs}, sources, skip_own=True)
         answer.pop("seconds")
+        answer.pop("cpu")
         answers.append(answer)
     assert answers[0]["own_flows"] == 3 and answers[0]["own_session"]["sport"] == 41704
     plain = agent.handle({"mode": "summary"}, agent.DumpSources(table_file=table))

@@ -27,6 +27,7 @@ import paramiko
 import pytest
 from paramiko.hostkeys import HostKeyEntry
 
+from natfleet import agent
 from natfleet.answer import AnswerReader
 from natfleet.errors import ConfigError, TargetError
 from natfleet.fleet import ReadOptions, run_fleet, run_one
@@ -268,7 +269,26 @@ def test_sudo_prefix_only_when_not_root_and_asked(tmp_path):
     run(connector, Target(name="a", host="198.51.100.7", user="ec2-user"), as_root=False)
     assert commands(log) == ["sudo -n " + REMOTE_COMMAND, REMOTE_COMMAND]
     assert result.user == "ec2-user" and result.where == "ec2-user@198.51.100.7:22"
-    assert log[1][1]["username"] == "ec2-user" and log[1][1]["compress"] is True
+    assert log[1][1]["username"] == "ec2-user"
+
+
+def test_compression_only_where_the_stream_is_not_compressed_already(tmp_path):
+    """The agent's program and answers are zlib streams: SSH compression is off for
+    REMOTE_COMMAND, on for the raw fallback's plain text, and never on a bastion's hop (it
+    carries the target's encrypted stream)."""
+    raw = agent.RAW_COMMAND
+    connector, log = fake_connector({REMOTE_COMMAND: Reply(), raw: Reply()}, tmp_path)
+    run(connector, ROOT)
+    run(connector, ROOT, command=raw)
+    connects = [entry[1] for entry in log if entry[0] == "connect"]
+    assert [c["compress"] for c in connects] == [False, True]
+    connector, log = fake_connector({raw: Reply()}, tmp_path, proxy_jump="203.0.113.77")
+    run(connector, ROOT, command=raw)
+    connects = [entry[1] for entry in log if entry[0] == "connect"]
+    assert [(c["hostname"], c["compress"]) for c in connects] == [
+        ("203.0.113.77", False),
+        ("198.51.100.7", True),
+    ]
 
 
 def test_stdout_reaches_on_stdout_as_it_arrives(tmp_path):
@@ -913,7 +933,11 @@ def test_real_answer_equals_agent_in_namespace(sshd):
     result = _read(sshd, sshd.target())
     assert isinstance(result, HostResult), getattr(result, "message", "")
     local = sshd.local_answer(REQUEST)
-    assert result.bytes_received > 1000
+    # compact (compressed, column blocks) by default; the JSON rows of wire format 2 on request
+    plain = run_one(sshd.target(), {**REQUEST, "encoding": "json"}, SshConnector(sshd.options()))
+    assert isinstance(plain, HostResult), getattr(plain, "message", "")
+    assert 200 < result.bytes_received < plain.bytes_received
+    assert _rows(result.answer) == _rows(plain.answer)
     assert len(result.answer.flows) == 2 and _rows(result.answer) == _rows(local)
     assert result.answer.flows[0].nat == "snat"
     ours, theirs = result.answer.facts, local.facts

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from natfleet.aggregate import box_meta, count_lines, error_record, merge_flows
+from natfleet.aggregate import box_meta, count_lines, error_record, merge_stream
 from natfleet.commands.flowopts import (
     NETSTAT_EPILOG,
     add_flow_options,
@@ -20,7 +20,7 @@ from natfleet.commands.flowopts import (
 from natfleet.commands.report import exit_code, report_problems
 from natfleet.commands.targetopts import add_target_options, run_from_args
 from natfleet.models import HostError, HostResult
-from natfleet.render import write_flows
+from natfleet.render_stream import write_stream
 
 EXAMPLES = """examples:
   natfleet conns -n                          every NAT instance found in AWS
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     request = request_from_args(args)
     results = run_from_args(args, request)
-    merged = merge_flows(results, args.sort).head(args.limit)
+    stream = merge_stream(results, args.sort, args.limit)
     style = style_from_args(args)
     style.host_column = "Host"
     fmt = args.format or "netstat"
@@ -61,19 +61,19 @@ def run(args: argparse.Namespace) -> int:
         "limit": request["limit"],
         "boxes": [box_meta(r) for r in results if isinstance(r, HostResult)],
     }
-    write_flows(
+    write_stream(
         sys.stdout,
         fmt,
-        merged.flows,
+        stream,
         style,
-        merged.targets,
         errors,
-        merged.names,
         command="conns",
         wide=args.wide,
         meta=meta,
         counts=count_lines(results),
     )
+    for late in stream.late:  # a box whose rows stopped during the merge: its error now
+        results = [late if r.target is late.target else r for r in results]
     text = sys.stdout if fmt in ("netstat", "table") else None
     report_problems(results, text, out=sys.stdout)
     return exit_code(results)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Optional
 
@@ -28,7 +30,9 @@ def examples() -> str:
     return (
         "examples:\n"
         f"  {sudo} demo\n"
-        "      lab up, discover, summary, conns, compare, lab down (a lab already up stays up)\n"
+        "      lab up; discover, summary, conns, a short watch, snapshot and diff, summary\n"
+        "      over SSM and with Instance Connect, compare, local, check; lab down (a lab\n"
+        "      already up stays up)\n"
         f"  {sudo} demo --boxes 2 --keep\n"
         "  sudo ./dev demo      from a fresh clone: installs what is missing first\n"
     )
@@ -38,8 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "demo",
         help="run natfleet end to end on the local lab (needs root; no AWS account)",
-        description="Build the local lab, run discover, summary, conns, compare and local "
-        "against it, then tear it down. Everything stays inside the lab's own network "
+        description="Build the local lab, run discover, summary, conns, watch, snapshot, "
+        "diff, summary --via ssm and --eic, compare, local and check against it, then tear it "
+        "down. Everything stays inside the lab's own network "
         "namespaces and 127.0.0.1.",
         epilog=examples(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -49,15 +54,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def steps() -> list[tuple[list[str], bool]]:
-    """(natfleet arguments, run inside the first box's namespace) in demo order."""
+def steps(work: str) -> list[tuple[list[str], bool]]:
+    """(natfleet arguments, run inside the first box's namespace) in demo order; ``work`` is
+    the demo's own folder (snapshots, and a key no box has authorized: ``work``/eic_key)."""
     return [
         (["discover"], False),
         (["summary"], False),
         (["conns", "-nN"], False),
+        (["watch", "-p", "tcp", "--interval", "2", "--count", "3"], False),
+        (["snapshot", "-o", f"{work}/before.snap.gz"], False),
+        (["snapshot", "-o", f"{work}/after.snap.gz"], False),
+        (["diff", f"{work}/before.snap.gz", f"{work}/after.snap.gz"], False),
+        (["summary", "--via", "ssm"], False),  # no SSH at all: Run Command
+        (["summary", "--eic", "-i", f"{work}/eic_key"], False),  # a key pushed for 60 s
         (["compare", "--since", "1h"], False),
         (["local", "-nN"], True),
         (["summary", "--local"], True),
+        (["check"], False),
     ]
 
 
@@ -90,10 +103,14 @@ def run(args: argparse.Namespace) -> int:
     state = lab.up(boxes=args.boxes, log=lambda msg: print(f"lab: {msg}", flush=True))
     env = {**os.environ, **state.env()}
     failures = 0
+    work = tempfile.mkdtemp(prefix="natfleet-demo-")
     try:
-        for argv, in_box in steps():
+        key = os.path.join(work, "eic_key")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=False)
+        for argv, in_box in steps(work):
             failures += _show(argv, env, state.boxes[0].netns if in_box else None)
     finally:
+        shutil.rmtree(work, ignore_errors=True)
         if not keep:
             lab.down(log=lambda msg: print(f"lab: {msg}", flush=True))
         else:

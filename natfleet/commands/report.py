@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from typing import Optional, TextIO
 
 from natfleet.answer import MalformedLines
-from natfleet.errors import ExitCode
 from natfleet.fleet import Outcome
-from natfleet.models import HostError
+from natfleet.models import HostError, exit_code  # noqa: F401 (the commands' exit code)
 from natfleet.output import is_terminal, warn
 
 
@@ -85,11 +84,3 @@ def malformed_notes(
     )
     details = [f"malformed line {n}{where}: {text!r}" for n, text in malformed.examples]
     return footer, details
-
-
-def exit_code(results: Sequence[Outcome]) -> ExitCode:
-    """0 when every target answered, 3 when some failed, 1 when all failed."""
-    failed = sum(isinstance(r, HostError) for r in results)
-    if not failed:
-        return ExitCode.OK
-    return ExitCode.ERROR if failed == len(results) else ExitCode.PARTIAL

@@ -130,6 +130,10 @@ def write_details(out: TextIO, result: HostResult) -> None:
     if facts.port_range:
         low, high = facts.port_range
         lines.append(f"  SNAT port range {low}-{high} ({high - low + 1} ports)")
+    if answer.cpu is not None:  # what reading the table cost the box
+        lines.append(
+            f"  agent: {answer.seconds:.2f} s, {answer.cpu:.2f} s of CPU (its workers included)"
+        )
     write_lines(out, [safe(text) for text in lines])
     records = [{"top": "source", "address": a, "flows": n} for a, n in s.top_sources]
     records += [{"top": "destination", "address": a, "flows": n} for a, n in s.top_destinations]

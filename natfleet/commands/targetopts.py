@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
-from typing import TYPE_CHECKING, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Optional, TextIO
 
 from natfleet import api
 from natfleet import targets as targets_mod
@@ -26,6 +27,7 @@ from natfleet.fleet import Outcome, ReadOptions
 from natfleet.invocation import rerun_as_root
 from natfleet.models import Device, HostError, Target
 from natfleet.output import StatusLine, is_terminal
+from natfleet.snapshot import outcomes_from_file as snapshot_outcomes
 
 if TYPE_CHECKING:
     from natfleet.ssh import SshOptions
@@ -56,7 +58,8 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE|-",
-        help="a saved /proc/net/nf_conntrack or 'conntrack -L -o extended' dump; '-' is stdin",
+        help="a saved /proc/net/nf_conntrack or 'conntrack -L -o extended' dump ('-' is "
+        "stdin), or a natfleet snapshot (every box in it, re-filtered offline)",
     )
     group.add_argument(
         "--address",
@@ -114,9 +117,112 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="boxes read at the same time (default: config [ssh] parallel, 32)",
     )
+    add_transport_options(parser)
     from natfleet.commands.awsopts import add_aws_options
 
     add_aws_options(parser)
+
+
+TRANSPORT_HELP = """\
+Without an SSH key or an open port 22: --via ssm runs the agent through AWS Systems Manager
+Run Command (the instance needs the SSM agent and an instance profile with
+AmazonSSMManagedInstanceCore); --via auto uses SSM for each discovered instance without a
+reachable SSH path (no address, or its SSH port does not answer within [ssm] probe_timeout);
+--eic pushes your key with EC2 Instance Connect before connecting over SSH. Example:
+  natfleet summary --via ssm
+  natfleet conns -n --via ssm --ssm-output-s3 my-bucket/natfleet"""
+
+
+def add_transport_options(parser: argparse.ArgumentParser) -> None:
+    """``--via ssh|ssm|auto``, ``--ssm-output-s3 BUCKET[/PREFIX]`` and ``--eic``."""
+    group = parser.add_argument_group("without SSH", TRANSPORT_HELP)
+    group.add_argument(
+        "--via",
+        choices=("ssh", "ssm", "auto"),
+        help="how to reach discovered instances (default: config [ssm] via, else ssh)",
+    )
+    group.add_argument(
+        "--ssm-output-s3",
+        metavar="BUCKET[/PREFIX]",
+        help="where Run Command writes answers longer than the 24,000 characters SSM returns "
+        "(a listing): you need s3:GetObject, the instances s3:PutObject (default: [ssm] "
+        "output_s3)",
+    )
+    group.add_argument(
+        "--eic",
+        action="store_true",
+        default=None,
+        help="push your public key (KEY.pub of -i KEY) with EC2 Instance Connect for 60 s "
+        "before each SSH connection (login user from --ssh-user or [ssh] user, e.g. ec2-user)",
+    )
+
+
+def transport_from_args(
+    args: argparse.Namespace,
+    config: Config,
+    found: list[Target],
+    errors: list[HostError],
+    devices: Optional[list[Device]],
+) -> tuple[Any, list[Target], list[HostError]]:
+    """The executor for ``--via``/``--eic`` (or None: no box needs one), and the targets:
+    with SSM, discovered instances that only lack an address become targets.
+
+    >>> executor, found, errors = transport_from_args(args, config, found, errors, devices)
+    """
+    via = getattr(args, "via", None) or config.ssm.via
+    eic = bool(getattr(args, "eic", None) or config.ssm.eic)
+    if not any(t.kind == "ssh" for t in found) and (via == "ssh" or not errors):
+        return None, found, errors
+    if via == "ssh" and not eic:
+        return api.ssh_executor(ssh_options_from_args(args, config)), found, errors
+    from natfleet import ssm
+    from natfleet.commands import awsopts
+
+    if via != "ssh" and devices:
+        more, errors = ssm.ssm_targets(errors, devices)
+        found = [*found, *more]
+    output_s3 = getattr(args, "ssm_output_s3", None) or config.ssm.output_s3
+    bucket = output_s3.strip("/").split("/", 1)[0]
+    if output_s3 and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise UsageError(
+            f"--ssm-output-s3 {output_s3!r}: BUCKET[/PREFIX], the bucket named by 3 to 63 "
+            "lowercase letters, digits, dots and hyphens"
+        )
+    options = ssm.SsmOptions(
+        output_s3=output_s3,
+        max_concurrency=config.ssm.max_concurrency,
+        max_errors=config.ssm.max_errors,
+    )
+    executor = api.transport(
+        ssh_options_from_args(args, config),
+        via=via,
+        sessions=awsopts.sessions_from_args(args),
+        ssm_options=options,
+        eic=eic,
+        profile_of={d.id: d.profile for d in devices or []},
+        probe_timeout=config.ssm.probe_timeout,
+    )
+    return executor, found, errors
+
+
+def fleet_from_args(
+    args: argparse.Namespace, config: Config, devices: Optional[list[Device]] = None
+) -> tuple[list[Target], list[HostError], Any]:
+    """The targets (named, else discovered: ``devices`` when already discovered), the
+    errors of discovered instances that cannot be read, and the executor that reaches them
+    (``--via``, ``--eic``; None when no target needs one).
+
+    >>> targets, errors, executor = fleet_from_args(args, config_from_args(args))
+    """
+    via = getattr(args, "via", None) or config.ssm.via
+    eic = getattr(args, "eic", None) or config.ssm.eic
+    if devices is None and not _named(args) and (via != "ssh" or eic):
+        from natfleet.commands import awsopts  # SSM and EIC need the devices' profiles
+
+        devices = awsopts.devices_from_args(args, config, gateways=False)
+    found, errors = resolve_targets_from_args(args, devices)
+    executor, found, errors = transport_from_args(args, config, found, errors, devices)
+    return found, errors, executor
 
 
 def resolve_targets_from_args(
@@ -143,12 +249,14 @@ def resolve_targets_from_args(
 def read_options_from_args(
     args: argparse.Namespace, config: Optional[Config] = None
 ) -> ReadOptions:
-    """The per-box deadline, parallelism and byte caps: options over the configuration."""
+    """The per-box deadline, parallelism and byte caps: options over the configuration
+    (through SSM, boxes mostly wait: ``[ssm] parallel`` of them at once)."""
+    config = config or config_from_args(args)
+    parallel = args.parallel
+    if parallel is None and (getattr(args, "via", None) or config.ssm.via) != "ssh":
+        parallel = config.ssm.parallel
     return api.read_options(
-        config or config_from_args(args),
-        timeout=args.timeout,
-        parallel=args.parallel,
-        max_answer_mb=args.max_answer_mb,
+        config, timeout=args.timeout, parallel=parallel, max_answer_mb=args.max_answer_mb
     )
 
 
@@ -236,20 +344,20 @@ def _run(
 ) -> list[Outcome]:
     if progress is not None and devices is None and not _named(args):
         progress.show("finding NAT instances in AWS")
-    found, errors = resolve_targets_from_args(args, devices)
+    config = config_from_args(args)
+    found, errors, executor = fleet_from_args(args, config, devices)
     if not found and not errors and not allow_empty:
         raise NatfleetError(
             "no NAT instances found (AWS discovery by tag, route table and source/dest "
             f"check: see '{_own_command()} discover'); name boxes with --host, --hosts-file, "
             "--local or --input"
         )
-    config = config_from_args(args)
-    executor = None
-    if any(t.kind == "ssh" for t in found):
-        executor = api.ssh_executor(ssh_options_from_args(args, config))
     options = read_options_from_args(args, config)
+    saved = [t for t in found if t.kind == "snapshot"]  # --input SNAPSHOT: answered offline
+    found = [t for t in found if t.kind != "snapshot"]
+    offline = [r for t in saved for r in snapshot_outcomes(str(t.path), request)]
     results = api.read_fleet(found, request, executor, options, progress=progress)
-    return [*(_advised(r) for r in results), *errors]
+    return [*(_advised(r) for r in results), *offline, *errors]
 
 
 def _advised(result: Outcome) -> Outcome:

@@ -14,6 +14,10 @@ through ``SIGALRM``) and creates, with fake ``testing`` keys:
 - one ordinary instance with hostile tags (shell metacharacters, markup, bidi control, a
   near-miss ``Role``) that discovery must not pick up and renderers must print safely.
 
+The server's Run Command and EC2 Instance Connect are real (:mod:`natfleet.lab.ssm`, set up
+in ``<state>/aws-lab/``): ``natfleet summary --via ssm`` runs the agent in each box's namespace,
+and ``--eic`` pushes a key each box's sshd accepts for 60 seconds.
+
 :func:`publish_metrics` writes AWS/EC2 metrics from the boxes' real interface counters and a
 deterministic AWS/NATGateway series. :func:`stop` ends the server (``natfleet lab down``).
 
@@ -40,7 +44,8 @@ from typing import Any, Callable, Optional
 from natfleet import aws
 from natfleet.cloudwatch import EC2_NAMESPACE, NATGW_METRICS, NATGW_NAMESPACE
 from natfleet.errors import AwsError, LabError
-from natfleet.lab import system
+from natfleet.lab import ssm, system
+from natfleet.lab.sshd import AWS_LAB_DIR
 
 REGION = "us-east-1"
 KEYS = ("testing", "testing")  # moto's fake credentials, never real ones
@@ -109,11 +114,15 @@ def _log_tail(log_file: Optional[Path], lines: int = 5) -> str:
     return " | ".join(text.strip().splitlines()[-lines:])
 
 
-def start_server(lifetime: int, log_file: Optional[Path] = None) -> tuple[int, str]:
+def start_server(
+    lifetime: int, log_file: Optional[Path] = None, runner_dir: Optional[Path] = None
+) -> tuple[int, str]:
     """Start moto on 127.0.0.1 at a free port; returns ``(pid, endpoint_url)``.
 
     The process ends by itself after ``lifetime`` seconds (SIGALRM). Without the lab extra,
-    LabError says to install it (see :func:`moto_missing`).
+    LabError says to install it (see :func:`moto_missing`). With ``runner_dir``, its Run
+    Command and Instance Connect are the lab's real ones (:mod:`natfleet.lab.ssm`, configured
+    by ``runner_dir/runner.json``).
 
     Example:
         >>> start_server(600)
@@ -124,6 +133,8 @@ def start_server(lifetime: int, log_file: Optional[Path] = None) -> tuple[int, s
         raise LabError(missing)
     port = _free_port()
     argv = [sys.executable, "-c", _SERVER, str(int(lifetime)), "-H", "127.0.0.1", "-p", str(port)]
+    if runner_dir is not None:
+        argv = ssm.server_argv(sys.executable, lifetime, runner_dir, port)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     try:
         proc = subprocess.Popen(
@@ -192,7 +203,9 @@ def seed(
     folder = Path(state.state_dir)
     log_file = folder / "moto.log" if folder.is_dir() else None
     lifetime = int(getattr(state, "lifetime", 0) or DEFAULT_LIFETIME)
-    pid, endpoint = start_server(lifetime, log_file)
+    runner = folder / AWS_LAB_DIR  # Run Command and Instance Connect, for real (lab.ssm)
+    ssm.write_runner(runner, {box.mgmt_ip: {"netns": box.netns} for box in state.boxes})
+    pid, endpoint = start_server(lifetime, log_file, runner_dir=runner)
     try:
         try:
             (ec2,) = _clients(endpoint, "ec2")

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Optional
 
 from natfleet.errors import LabError
+from natfleet.lab import eic
 from natfleet.lab.state import LabBox
 from natfleet.lab.system import SSHD, netns_argv, run, spawn, wait_until
 
 PRIVSEP_DIR = Path("/run/sshd")  # sshd refuses to start without it
 SSH_DIR = "ssh"  # under the state folder: keys, sshd configs and logs
+AWS_LAB_DIR = "aws-lab"  # under the state folder: the lab's Run Command and Instance Connect
 
 
 def keygen(path: Path, comment: str) -> str:
@@ -33,14 +35,20 @@ Login = tuple[str, Path]  # a login user and the authorized_keys file sshd reads
 
 
 def sshd_config(
-    box: LabBox, host_key: Path, authorized_keys: Path, login: Optional[Login] = None
+    box: LabBox,
+    host_key: Path,
+    authorized_keys: Path | str,
+    login: Optional[Login] = None,
+    eic: str = "",
 ) -> str:
     """The sshd_config of one box: its mgmt address only, keys only, root allowed (with
-    ``authorized_keys``); with ``login``, that user too (with its own keys), and no other.
+    ``authorized_keys``, or ``none``); with ``login``, that user too (with its own keys), and
+    no other; ``eic`` adds EC2 Instance Connect's AuthorizedKeysCommand
+    (:func:`natfleet.lab.eic.sshd_lines`).
 
     The ``Match`` block for ``login`` ends the file: add nothing after it.
     """
-    text = (
+    text = eic + (
         f"ListenAddress {box.mgmt_ip}\n"
         f"Port {box.ssh_port}\n"
         f"HostKey {host_key}\n"
@@ -107,7 +115,10 @@ def start_sshd(
     host_key = ssh_dir / f"{box.name}_host_ed25519_key"
     public = keygen(host_key, f"{box.name} host key")
     config = ssh_dir / f"{box.name}_sshd_config"
-    config.write_text(sshd_config(box, host_key, authorized_keys, login))
+    # as on Amazon Linux: keys pushed with EC2 Instance Connect work too (natfleet.lab.ssm)
+    eic_script = eic.write_script(state_dir / AWS_LAB_DIR)
+    eic_text = eic.sshd_lines(eic_script, box.mgmt_ip)
+    config.write_text(sshd_config(box, host_key, authorized_keys, login, eic_text))
     log = ssh_dir / f"{box.name}_sshd.log"
     pid = spawn(box.netns, [SSHD, "-D", "-e", "-f", str(config)], log, state_dir, lifetime)
     return pid, public
