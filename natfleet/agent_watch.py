@@ -132,11 +132,13 @@ def signature(line: str) -> int:
     i = line.find(" src=")
     if i < 0:
         return hash(line)
-    head = line[:i].split()
-    k = 4 if head and (head[0] == "ipv4" or head[0] == "ipv6") else 2
-    if len(head) > k and head[k].isdigit():
-        del head[k]
-    return hash(" ".join(head) + line[i:])
+    j = line.rfind(" ", 0, i)
+    if line[j + 1 : i].isdigit():  # no state (udp): the timeout ends the head
+        return hash(line[:j] + line[i:])
+    k = line.rfind(" ", 0, j)  # a state ends the head, the timeout before it
+    if k >= 0 and line[k + 1 : j].isdigit():
+        return hash(line[:k] + line[j:])
+    return hash(line)
 
 
 def _zone(line: str) -> int:
@@ -187,6 +189,7 @@ class Tracker:
         self.sigs: Dict[int, Key] = {}
         self.rejected: Set[int] = set()
         self.pressure: Dict[Tuple[str, str, Optional[str], int], int] = {}
+        self.fresh: List[Key] = []  # the flows the last table read parsed (new or changed)
         self.new = self.closed = self.malformed = self.lines = 0
 
     # ---- one line
@@ -254,27 +257,32 @@ class Tracker:
 
     def read_table(self, sources: agent.Sources) -> Tuple[str, Dict[Key, Entry]]:
         """Read the table once: (source, the flows it holds now). Lines whose text did not
-        change since the last read are not parsed again; new sigs replace the old ones."""
+        change since the last read are not parsed again (their entry is the one before, the
+        same object); the others' keys are in ``fresh``; new sigs replace the old ones."""
         source, stream = agent.open_table(sources)
         old_sigs, old_rejected, old_flows = self.sigs, self.rejected, self.flows
         sigs: Dict[int, Key] = {}
         rejected: Set[int] = set()
         now: Dict[Key, Entry] = {}
+        fresh: List[Key] = []
         lines = 0
         with stream:
             for _first, text in agent._blocks(stream):
                 for line in agent._lines(text):
-                    if not line.strip() or agent._is_trailer(line):
-                        continue
                     lines += 1
                     sig = signature(line)
                     key = old_sigs.get(sig)
-                    if key is not None and key in old_flows:
-                        sigs[sig] = key
-                        now[key] = old_flows[key]
-                        continue
+                    if key is not None:
+                        entry = old_flows.get(key)
+                        if entry is not None:
+                            sigs[sig] = key
+                            now[key] = entry
+                            continue
                     if sig in old_rejected:
                         rejected.add(sig)
+                        continue
+                    if not line.strip() or agent._is_trailer(line):
+                        lines -= 1
                         continue
                     try:
                         found = self.parse(line)
@@ -286,7 +294,8 @@ class Tracker:
                         continue
                     sigs[sig] = found[0]
                     now[found[0]] = found[1]
-        self.sigs, self.rejected, self.lines = sigs, rejected, lines
+                    fresh.append(found[0])
+        self.sigs, self.rejected, self.lines, self.fresh = sigs, rejected, lines, fresh
         return source, now
 
 
@@ -394,10 +403,14 @@ class Emitter:
 
 
 def diff_into(tracker: Tracker, now: Dict[Key, Entry], out: Emitter) -> None:
-    """Emit what changed between the tracker's flows and ``now``; make ``now`` current."""
+    """Emit what changed between the tracker's flows and ``now`` (the last table read: only
+    its ``fresh`` flows can be new or changed); make ``now`` current."""
     old = tracker.flows
     t = out.at()
-    for key, entry in now.items():
+    for key in tracker.fresh:
+        entry = now.get(key)
+        if entry is None:
+            continue
         before = old.get(key)
         if before is None:
             tracker.new += 1
