@@ -25,9 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +38,15 @@ from typing import Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from natfleet import lab  # noqa: E402
-from natfleet.lab import topology as topo  # noqa: E402
-from natfleet.lab.bench import conntrack_count, conntrack_max_at_least, load_table  # noqa: E402
+from natfleet.errors import LabError  # noqa: E402
+from natfleet.lab.bench import (  # noqa: E402
+    conntrack_count,
+    conntrack_max_at_least,
+    load_table,
+    table_nat_ip,
+    table_sources,
+)
+from natfleet.lab.churn import churn  # noqa: E402
 from natfleet.lab.system import netns_argv, run  # noqa: E402
 
 NATFLEET = [sys.executable, "-m", "natfleet"]
@@ -173,8 +182,8 @@ def round_full_tables(args: argparse.Namespace, log) -> tuple[list[Figure], list
         ns = first.netns
         try:
             # netstat-nat first, on a small table (it sorts in O(n^2))
-            inside = topo.inside_sources(first)
-            load_table(ns, args.netstat_flows, inside, first.public_ip, args.entry_timeout)
+            inside, nat_ip = table_sources(first), table_nat_ip(first)
+            load_table(ns, args.netstat_flows, inside, nat_ip, args.entry_timeout)
             small = conntrack_count(ns)
             print(f"table: {small} flows (netstat-nat round)", file=sys.stderr, flush=True)
             rows.append(measure("netstat-nat -n", ["netstat-nat", "-n"], small, 1, ns, None, 1800))
@@ -182,16 +191,22 @@ def round_full_tables(args: argparse.Namespace, log) -> tuple[list[Figure], list
             # every box's full table
             started = time.perf_counter()
             more = args.flows - args.netstat_flows
-            load_table(ns, more, inside, first.public_ip, args.entry_timeout, args.netstat_flows)
+            load_table(ns, more, inside, nat_ip, args.entry_timeout, args.netstat_flows)
             for box in boxes[1:]:
-                sources = topo.inside_sources(box)
-                load_table(box.netns, args.flows, sources, box.public_ip, args.entry_timeout)
+                sources = table_sources(box)
+                load_table(box.netns, args.flows, sources, table_nat_ip(box), args.entry_timeout)
             facts["load_seconds"] = time.perf_counter() - started
             counts = [conntrack_count(box.netns) for box in boxes]
             facts["counts"] = counts
             print(f"tables: {counts} flows", file=sys.stderr, flush=True)
             fleet_rows = fleet_listings(args, env, boxes, counts)
             rows += one_box(args, ns, counts[0])
+            facts["watch"] = []
+            for mode in WATCH_MODES:
+                try:
+                    facts["watch"].append(watch_round(args, env, first, mode))
+                except (SystemExit, LabError, subprocess.SubprocessError) as exc:
+                    print(f"bench: the watch round ({mode}) failed: {exc}", file=sys.stderr)
             _, big = fleet_summary(env, [first.name], 1)
             facts["big_flows"] = big[0]["summary"]["flows"]
             facts["big_bytes"] = big[0]["transport"]["bytes_received"]
@@ -239,6 +254,72 @@ def one_box(args: argparse.Namespace, ns: str, flows: int) -> list[Figure]:
             argv = [*NATFLEET, command, "-n", "--input", saved.name]
             rows.append(measure(f"natfleet {name} -n --input FILE", argv, flows, args.repeat))
     return rows
+
+
+WATCH_MODES = ("interval", "events")
+WATCH_INTERVAL = 2.0
+
+
+def watch_round(args: argparse.Namespace, env: dict, box, mode: str) -> dict:
+    """``natfleet watch`` over SSH on ``box``'s full table while a steady churn runs
+    (natfleet.lab.churn: ``--watch-churn`` entries loaded every interval that expire 3 s
+    later, so about twice as many changes an interval): bytes the box sent per interval,
+    the box's CPU per steady interval (from its ticks), natfleet's own CPU per event."""
+    intervals = args.watch_intervals
+    argv = [*NATFLEET, "watch", "--host", box.name, "--format", "jsonl", "--count"]
+    argv += [str(intervals), "--interval", str(WATCH_INTERVAL), "--duration", "10m"]
+    argv += ["--events"] if mode == "events" else []
+    stop = threading.Event()
+    churning = threading.Thread(
+        target=churn,
+        args=(box.netns, args.watch_churn, intervals + 4, WATCH_INTERVAL),
+        kwargs={
+            "inside": table_sources(box),
+            "nat_ip": table_nat_ip(box),
+            "start": args.flows,
+            "timeout": 3,
+            "stop": stop,
+        },  # fmt: skip
+        daemon=True,
+    )
+    sent = tx_bytes(box.netns)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    churning.start()
+    try:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        stop.set()
+        churning.join(timeout=60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sent = tx_bytes(box.netns) - sent
+    if done.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(argv)} exited {done.returncode}: {done.stderr[-300:]}")
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    return watch_figures(mode, events, sent, after.ru_utime + after.ru_stime
+                         - before.ru_utime - before.ru_stime)  # fmt: skip
+
+
+def watch_figures(mode: str, events: list[dict], sent: int, laptop_cpu: float) -> dict:
+    """The watch round's figures from natfleet's jsonl events: box CPU per steady interval
+    (the ticks after the first two), changes and bytes per interval, laptop CPU per event.
+
+    >>> ticks = [{"event": "tick", "cpu": c, "new": 9, "closed": 9} for c in (2, 2, .5, .7)]
+    >>> f = watch_figures("interval", ticks, 40_000, 0.004)
+    >>> f["box_cpu"], f["changes"], f["bytes_per_interval"], f["events_per_cpu_s"]
+    (0.7, 18.0, 10000.0, 1000.0)
+    """
+    ticks = [e for e in events if e.get("event") == "tick"]
+    steady = ticks[2:] or ticks
+    changes = [t.get("new", 0) + t.get("closed", 0) for t in steady]
+    return {
+        "mode": mode,
+        "intervals": len(ticks),
+        "box_cpu": max((t.get("cpu") or 0.0) for t in steady) if steady else 0.0,
+        "changes": sum(changes) / len(changes) if changes else 0.0,
+        "bytes_per_interval": sent / max(len(ticks), 1),
+        "events_per_cpu_s": len(events) / laptop_cpu if laptop_cpu > 0 else float("inf"),
+        "lost": sum(t.get("lost") or 0 for t in ticks),
+    }
 
 
 def goal(text: str, value: float, most: float) -> tuple[str, str]:
@@ -298,6 +379,21 @@ def report(args, fleet: dict, fleet_rows: list[Figure], rows: list[Figure], fact
         f"{facts['big_bytes']} at {facts['big_flows']} (goal < 16 KB)"
     )
     goals.append(goal(text, max(fleet["small_bytes"], facts["big_bytes"]) / 1024, 16))
+    for w in facts.get("watch", []):
+        print(
+            f"watch ({w['mode']}): {w['intervals']} intervals of {WATCH_INTERVAL:.0f} s, "
+            f"{w['changes']:.0f} changes an interval, box CPU {w['box_cpu']:.2f} s an interval "
+            f"(the worst steady one), {w['bytes_per_interval'] / 1024:.1f} KB an interval, "
+            f"natfleet {w['events_per_cpu_s']:,.0f} events per CPU second, lost {w['lost']}"
+        )
+        most = 1.0 if w["mode"] == "interval" else 0.2
+        text = f"watch {w['mode']}: box CPU {w['box_cpu']:.2f} s an interval (goal < {most})"
+        goals.append(goal(text, w["box_cpu"], most))
+        kb = w["bytes_per_interval"] / 1024
+        goals.append(goal(f"watch {w['mode']}: {kb:.1f} KB an interval (goal < 100)", kb, 100))
+        capacity = w["events_per_cpu_s"]
+        text = f"watch {w['mode']}: natfleet {capacity:,.0f} events per CPU second (goal >= 5,000)"
+        goals.append(goal(text, 5000 / capacity if capacity else float("inf"), 1.0))
     netstat, ours = rows[0], rows[1]
     print(
         f"netstat-nat -n took {netstat.seconds / ours.seconds:.0f}x as long as natfleet local -n "
@@ -329,6 +425,12 @@ def main() -> int:
         "--entry-timeout", type=int, default=1800, help="seconds a loaded entry lives (1800)"
     )
     parser.add_argument("--keep", action="store_true", help="leave the full-table lab up")
+    parser.add_argument(
+        "--watch-intervals", type=int, default=8, help="intervals in the watch round (8)"
+    )
+    parser.add_argument(
+        "--watch-churn", type=int, default=1000, help="entries loaded an interval (1000)"
+    )
     args = parser.parse_args()
     if not 0 < args.netstat_flows < args.flows:
         parser.error("--netstat-flows must be above 0 and below --flows")

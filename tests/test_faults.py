@@ -84,16 +84,8 @@ def test_named_boxes_over_ssh_and_the_fail_on_levels(faults, monkeypatch, capsys
     assert code == ExitCode.PARTIAL and len(doc["errors"]) == 1  # a box error wins over 4
 
 
-def test_the_healthy_shared_lab_exits_0(monkeypatch, capsys):
-    import natfleet.lab
-    from natfleet.errors import LabError
-
-    try:
-        state = natfleet.lab.load_state()
-    except LabError:
-        pytest.skip("the shared lab is not up")
-    if not natfleet.lab.is_running(state):
-        pytest.skip("the shared lab is not running")
+def test_the_healthy_shared_lab_exits_0(lab, monkeypatch, capsys):
+    state = lab
     code, doc, _err = _check_json(monkeypatch, capsys, state.env())
     assert doc["errors"] == [] and code == ExitCode.OK
     assert {r["severity"] for r in doc["rows"]} <= {"warning", "info"}

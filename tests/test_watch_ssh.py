@@ -19,18 +19,10 @@ pytestmark = pytest.mark.lab
 NATFLEET = str(Path(sys.executable).with_name("natfleet"))
 
 
-@pytest.fixture(scope="module")
-def lab_env():
-    import natfleet.lab
-    from natfleet.errors import LabError
-
-    try:
-        state = natfleet.lab.load_state()
-    except LabError as exc:
-        pytest.skip(f"no running lab: {exc}")
-    if not natfleet.lab.is_running(state):
-        pytest.skip("the lab is not running (sudo natfleet lab up)")
-    return state, dict(os.environ, **state.env(), NO_COLOR="1")
+@pytest.fixture
+def lab_env(lab):
+    """The shared lab (the session's ``lab`` fixture builds it when it is down) and its env."""
+    return lab, dict(os.environ, **lab.env(), NO_COLOR="1")
 
 
 def _watchers(netns: str, since: float) -> list[int]:

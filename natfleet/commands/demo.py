@@ -61,7 +61,7 @@ def steps(work: str) -> list[tuple[list[str], bool]]:
         (["discover"], False),
         (["summary"], False),
         (["conns", "-nN"], False),
-        (["watch", "-p", "tcp", "--interval", "2", "--count", "3"], False),
+        (["watch", "-p", "tcp", "--events", "--interval", "2", "--count", "4"], False),
         (["snapshot", "-o", f"{work}/before.snap.gz"], False),
         (["snapshot", "-o", f"{work}/after.snap.gz"], False),
         (["diff", f"{work}/before.snap.gz", f"{work}/after.snap.gz"], False),
@@ -89,6 +89,7 @@ def running_boxes() -> Optional[int]:
 def run(args: argparse.Namespace) -> int:
     from natfleet import lab
     from natfleet.invocation import root_command
+    from natfleet.lab import traffic
 
     if os.geteuid() != 0:  # said here: the lab's own check would advise 'lab up'
         raise LabError(f"the demo needs root (network namespaces, iptables): {root_command()} demo")
@@ -108,7 +109,11 @@ def run(args: argparse.Namespace) -> int:
         key = os.path.join(work, "eic_key")
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=False)
         for argv, in_box in steps(work):
+            # a TCP connection through box 1's NAT while the watch runs: its states change
+            client = traffic.tcp_session(state.boxes[0]) if argv[0] == "watch" else None
             failures += _show(argv, env, state.boxes[0].netns if in_box else None)
+            if client is not None:
+                _reap(client)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if not keep:
@@ -121,6 +126,15 @@ def run(args: argparse.Namespace) -> int:
     if failures:
         raise LabError(f"{failures} demo step(s) failed (see above)")
     return ExitCode.OK
+
+
+def _reap(client: subprocess.Popen) -> None:
+    """Wait for the demo's TCP client (it ends by itself), or end it by its PID."""
+    try:
+        client.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        client.kill()
+        client.wait()
 
 
 def _show(argv: Sequence[str], env: dict[str, str], netns: str | None) -> int:

@@ -120,6 +120,27 @@ def table_entries(
         )
 
 
+def table_sources(box: LabBox, count: int = 10) -> list[str]:
+    """Inside addresses for loaded entries that no live flow of the lab uses (its inside
+    host is .10-.12), so an entry's original tuple is never one already in the table.
+
+    >>> table_sources(topo.make_box(1), 2)
+    ['198.18.1.100', '198.18.1.101']
+    """
+    base = box.inside_host_ip.rsplit(".", 1)[0]
+    return [f"{base}.{100 + n}" for n in range(count)]
+
+
+def table_nat_ip(box: LabBox) -> str:
+    """The NAT address of loaded entries: not the box's public address, whose live flows
+    (MASQUERADE keeps their ephemeral ports) would meet the same reply tuple.
+
+    >>> table_nat_ip(topo.make_box(1))
+    '198.51.100.201'
+    """
+    return f"198.51.100.{200 + topo.box_index(box)}"
+
+
 def conntrack_count(netns: str) -> int:
     """The number of entries in a namespace's table (``conntrack -C``)."""
     return int(run(netns_argv(netns, ["conntrack", "-C"])).strip())
@@ -137,21 +158,30 @@ def load_table(
     """Load :func:`table_entries` into ``netns`` with ``conntrack -R`` (``start``: the
     entries after the first ``start``, to grow a table loaded before); the table's entries
     afterwards. Raises LabError when fewer than ``flows`` new entries are there (conntrack
-    -R says nothing of an entry it could not add: the table full, an entry already there).
+    -R says nothing of an entry it could not add: the table full, an entry already there:
+    give ``inside`` addresses the lab's own traffic does not use, see :func:`table_sources`).
     """
-    before = conntrack_count(netns)
+    before = nat_entries(netns, nat_ip)
     with tempfile.NamedTemporaryFile("w", prefix="natfleet-table-", suffix=".save") as out:
         for line in table_entries(flows, inside, nat_ip, timeout, start):
             out.write(line + "\n")
         out.flush()
         run(netns_argv(netns, ["conntrack", "-R", out.name]), timeout=seconds_max)
-    after = conntrack_count(netns)
-    if after - before < flows:
+    loaded = nat_entries(netns, nat_ip) - before
+    if loaded < flows:
         raise LabError(
-            f"conntrack -R loaded {after - before} of {flows} entries into {netns} "
+            f"conntrack -R loaded {loaded} of {flows} entries into {netns} "
             f"(nf_conntrack_max {read_conntrack_max()}; entries already there are skipped)"
         )
-    return after
+    return conntrack_count(netns)
+
+
+def nat_entries(netns: str, nat_ip: str) -> int:
+    """The entries of ``netns`` translated to ``nat_ip`` (``conntrack -L -q``: reply
+    destination): what a load added, whatever the table's other flows did meanwhile (the
+    lab's TIME_WAIT entries expire while a big table loads)."""
+    out = run(netns_argv(netns, ["conntrack", "-L", "-q", nat_ip]), timeout=120)
+    return sum(1 for line in out.splitlines() if line.strip())
 
 
 def read_conntrack_max() -> int:

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 from natfleet.errors import LabError
 from natfleet.lab import topology as topo
 from natfleet.lab.state import LabBox
-from natfleet.lab.system import spawn, wait_until
+from natfleet.lab.system import netns_argv, spawn, wait_until
 
 GENERATOR = Path(__file__).with_name("trafficgen.py")
 Plan = dict[str, Any]
@@ -113,3 +114,42 @@ def start_traffic(
             pids[netns] = _start(netns, plans[netns], state_dir, lifetime)
         _wait_ready(stage, state_dir, seconds)
     return pids
+
+
+# One TCP client, stdlib only, bounded: waits DELAY s, connects (from the inside host's
+# address SRC), tells the lab's web server to close when it does ("close": TIME_WAIT), holds
+# the connection HOLD s, closes its side and reads until the server has closed too (so the
+# close is a FIN, not a reset), and is gone 1 s later; at most 5 s for each network step.
+SESSION_CLIENT = (
+    "import socket,sys,time\n"
+    "src,dst,port,delay,hold=sys.argv[1:6]\n"
+    "time.sleep(min(float(delay),30))\n"
+    "s=socket.create_connection((dst,int(port)),timeout=5,source_address=(src,0))\n"
+    "s.sendall(b'close\\n');time.sleep(min(float(hold),30));s.shutdown(socket.SHUT_WR)\n"
+    "while s.recv(4096):pass\n"
+    "s.close();time.sleep(1)\n"
+)
+
+
+def tcp_session(box: LabBox, delay: float = 1.0, hold: float = 3.0) -> subprocess.Popen:
+    """Start one TCP connection through ``box``'s NAT, from its inside host to the web server
+    (``203.0.113.5:80``): it opens after ``delay`` s and is closed by the client after
+    ``hold`` s, so its conntrack entry walks SYN_SENT, ESTABLISHED, FIN_WAIT, TIME_WAIT while
+    ``natfleet watch`` runs. The caller waits for the process (it ends by itself in at most
+    ``delay + hold + 11`` s) and ends it by its PID if it must.
+
+    Example (what ``natfleet demo`` does around its watch):
+        >>> client = tcp_session(state.boxes[0])
+        >>> subprocess.run(["natfleet", "watch", "-p", "tcp", "--events", "--count", "4"])
+        >>> client.wait(timeout=30)
+        0
+    """
+    src = topo.inside_sources(box)[-1]
+    argv = [sys.executable, "-I", "-c", SESSION_CLIENT, src, topo.WEB_IP, "80"]
+    argv += [str(delay), str(hold)]
+    return subprocess.Popen(
+        netns_argv(box.inside_netns, argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
