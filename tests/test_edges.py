@@ -386,6 +386,7 @@ class FakeLab:
     def __init__(self, boxes):
         self.boxes = boxes
         self.calls: list[str] = []
+        self.sessions: list[str] = []
 
     def state(self, boxes: int):
         return SimpleNamespace(
@@ -413,6 +414,13 @@ class FakeLab:
         monkeypatch.setattr(
             demo.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0)
         )
+        from natfleet.lab import traffic
+
+        def tcp_session(box):  # the demo's TCP connection during its watch: no process here
+            self.sessions.append(box.netns)
+            return SimpleNamespace(wait=lambda timeout: 0)
+
+        monkeypatch.setattr(traffic, "tcp_session", tcp_session)
 
 
 @pytest.mark.parametrize(("before", "calls"), [(None, ["up 3", "down"]), (3, ["up 3"])])
@@ -421,6 +429,7 @@ def test_demo_leaves_a_lab_it_did_not_start(before, calls, monkeypatch, capsys):
     lab.install(monkeypatch)
     assert main(["demo"]) == 0
     assert lab.calls == calls
+    assert lab.sessions == ["nflab-box1"]  # one TCP connection, through box 1, for the watch
     out = capsys.readouterr().out
     assert ("left up" in out) == (before is not None)
     if before is not None:
