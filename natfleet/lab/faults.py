@@ -33,10 +33,8 @@ Example (as root)::
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -45,11 +43,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from natfleet.errors import LabError
-from natfleet.lab import hostile, sshd, topology
+from natfleet.lab import sshd, topology
 from natfleet.lab.state import MOTO_CREDENTIALS, LabBox
 from natfleet.lab.system import (
-    check_can_run,
-    kill_netns_processes,
+    LabOwner,
+    OwnLab,
     netns_argv,
     netns_list,
     recorded_pids,
@@ -70,7 +68,7 @@ SERVER_IP = "198.18.110.50"
 SINK_IP = "198.18.110.200"
 LAB_CIDR = "198.18.110.0/24"  # routed explicitly: every lab namespace has 198.18.0.0/15 unreachable
 TCP_PORT, UDP_PORT = 443, 5353
-OWNER_FILE = Path("/run/nffault.json")  # who has the fault lab up: {"pid", "dir"}
+OWNER = LabOwner(Path("/run/nffault.json"), "the fault lab is up", "natfleet.lab.faults")
 DEFAULT_LIFETIME = 1800
 PORTS = (61000, 61031)  # the ports box's port range: 32 ports
 PORT_FLOWS = 30  # toward one destination: 30 / 32 = 93.75 %
@@ -175,7 +173,7 @@ def _addrs(netns: str, dev: str, cidrs: list[str]) -> None:
     _ip("-n", netns, "link", "set", dev, "up")
 
 
-class FaultLab:
+class FaultLab(OwnLab):
     """The fault lab: :meth:`start` builds it, :meth:`stop` removes everything it made.
 
     After start: ``boxes`` (LabBox, in :data:`FAULTS` order), ``faults`` (box name ->
@@ -196,12 +194,6 @@ class FaultLab:
         self.nat_gateway_id = ""
         self.filled = 0
 
-    def __enter__(self) -> FaultLab:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def box_of(self, fault: str) -> LabBox:
         return next(b for b in self.boxes if self.faults[b.name].name == fault)
 
@@ -216,18 +208,10 @@ class FaultLab:
             env.update(AWS_ENDPOINT_URL=self.endpoint_url, AWS_DEFAULT_REGION=REGION)
         return env
 
-    def start(self) -> FaultLab:
-        """Build it all; LabError (after removing what was built) if it cannot."""
-        check_can_run()
-        _claim()
+    def _begin(self) -> None:
+        OWNER.claim(remove_leftovers)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-"))
-        OWNER_FILE.write_text(json.dumps({"pid": os.getpid(), "dir": str(self.dir)}) + "\n")
-        try:
-            self._build()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        OWNER.record(self.dir)
 
     def _build(self) -> None:
         self.dir.chmod(0o700)
@@ -370,7 +354,7 @@ class FaultLab:
         remove_network()
         if self.dir.parts and self.dir.name.startswith(f"{PREFIX}-"):
             shutil.rmtree(self.dir, ignore_errors=True)
-        _release(os.getpid())
+        OWNER.release()
 
 
 def _wait(done: Any, seconds: float) -> bool:
@@ -382,16 +366,8 @@ def _wait(done: Any, seconds: float) -> bool:
 def remove_network() -> None:
     """Every ``nffault*`` namespace (its processes killed first), root veth, the bridge,
     and their ``/etc/netns`` files."""
-    for netns in netns_list(PREFIX):
-        kill_netns_processes(netns)
-    for i in range(1, len(FAULTS) + 1):
-        if Path(f"/sys/class/net/{PREFIX}-m{i}").exists():
-            _ip("link", "del", f"{PREFIX}-m{i}")
-    for netns in netns_list(PREFIX):
-        _ip("netns", "del", netns)
-    topology.remove_netns_etc(PREFIX)
-    if Path(f"/sys/class/net/{BRIDGE}").exists():
-        _ip("link", "del", BRIDGE)
+    veths = [f"{PREFIX}-m{i}" for i in range(1, len(FAULTS) + 1)]
+    topology.remove_bridged(PREFIX, BRIDGE, netns_list(PREFIX), veths)
 
 
 # --- AWS (moto) -----------------------------------------------------------------------------
@@ -469,46 +445,19 @@ def _gateway_metrics(cw: Any, gateway: str, points: int = 60) -> None:
         aws.call(cw, "put_metric_data", Namespace="AWS/NATGateway", MetricData=data[i : i + 500])
 
 
-# --- one fault lab at a time --------------------------------------------------------------
-
-
-def _owner() -> dict[str, Any]:
-    """Who has the fault lab up (``{"pid", "dir"}``), or {}."""
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(OWNER_FILE.read_text())
-        if isinstance(data, dict):
-            return data
-    return {}
-
-
-def _claim() -> None:
-    owner = _owner()
-    if owner and hostile._alive(int(owner.get("pid", 0))):
-        raise LabError(
-            f"the fault lab is up, made by pid {owner['pid']} ({owner.get('dir')}); let it "
-            "finish, or stop it and run: python3 -m natfleet.lab.faults down"
-        )
-    remove_leftovers()
-
-
-def _release(pid: int) -> None:
-    if int(_owner().get("pid", pid)) == pid:
-        OWNER_FILE.unlink(missing_ok=True)
-
-
 def remove_leftovers() -> None:
     """Remove what a fault lab that died without stop() left (its processes, namespaces,
     links, files).
 
     Example: ``python3 -m natfleet.lab.faults down``
     """
-    old = Path(str(_owner().get("dir") or ""))
+    old = Path(str(OWNER.read().get("dir") or ""))
     if old.name.startswith(f"{PREFIX}-") and (old / "pids").is_dir():
         stop_pids(recorded_pids(old), must_contain=str(old))
     remove_network()
     if old.name.startswith(f"{PREFIX}-") and old.parent == Path(tempfile.gettempdir()):
         shutil.rmtree(old, ignore_errors=True)
-    OWNER_FILE.unlink(missing_ok=True)
+    OWNER.path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -24,24 +24,21 @@ Example (as root)::
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from natfleet.errors import LabError
-from natfleet.lab import sshd
+from natfleet.lab import sshd, topology
 from natfleet.lab.state import LabBox
 from natfleet.lab.system import (
     SSHD,
-    check_can_run,
-    kill_netns_processes,
+    LabOwner,
+    OwnLab,
     netns_list,
     recorded_pids,
     run,
@@ -53,7 +50,7 @@ PREFIX = "nfhost"  # namespaces nfhost1..N; never the shared lab's nflab-*
 BRIDGE = "nfhost-br"
 GATEWAY = "198.19.254.1"
 NETNS_ETC = Path("/etc/netns")
-OWNER_FILE = Path("/run/nfhost.json")  # who has the hostile boxes up: {"pid", "dir"}
+OWNER = LabOwner(Path("/run/nfhost.json"), "hostile boxes are up", "natfleet.lab.hostile")
 ANSWER_LIFETIME = 150  # seconds one answer may take, whatever it was scripted to do
 MAX_PART_SECONDS = 120  # an endless or dripping part stops by itself after this
 MAX_BOXES = 50
@@ -232,7 +229,7 @@ def sshd_config_for(box: HostileBox, host_key: Path, authorized_keys: Path, resp
     )
 
 
-class HostileLab:
+class HostileLab(OwnLab):
     """``boxes`` hostile boxes; :meth:`start` builds them, :meth:`stop` removes everything.
 
     After start: ``boxes``, ``ssh_config`` (``Host nfhost1 198.19.254.11`` blocks),
@@ -250,26 +247,13 @@ class HostileLab:
         self.known_hosts = Path()
         self.key_file = Path()
 
-    def __enter__(self) -> HostileLab:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> HostileLab:
-        """Build the bridge, the namespaces and one sshd per box; LabError if it cannot."""
-        check_can_run()
-        _claim()
+    def _begin(self) -> None:
+        OWNER.claim(remove_leftovers)
         self.dir = Path(tempfile.mkdtemp(prefix="nfhost-"))
-        OWNER_FILE.write_text(json.dumps({"pid": os.getpid(), "dir": str(self.dir)}) + "\n")
-        try:
-            self._build()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        OWNER.record(self.dir)
 
     def _build(self) -> None:
+        """The bridge, the namespaces and one sshd per box."""
         self.dir.chmod(0o700)
         self.boxes = [
             HostileBox(f"{PREFIX}{i}", f"198.19.254.{10 + i}", self.dir / f"{PREFIX}{i}")
@@ -314,10 +298,10 @@ class HostileLab:
         """Stop every process, remove every namespace, link and file this lab made."""
         if self.dir.parts and (self.dir / "pids").is_dir():
             stop_pids(recorded_pids(self.dir), must_contain=SSHD)
-        _remove(f"{PREFIX}{i}" for i in range(1, self.count + 1))
+        _remove([f"{PREFIX}{i}" for i in range(1, self.count + 1)])
         if self.dir.parts and self.dir.name.startswith(f"{PREFIX}-"):
             shutil.rmtree(self.dir, ignore_errors=True)
-        _release(os.getpid())
+        OWNER.release()
 
 
 def _ip(*args: str) -> None:
@@ -343,59 +327,10 @@ def _netns(box: HostileBox, root_veth: str) -> None:
     _ip("-n", box.netns, "link", "set", "eth0", "up")
 
 
-def _remove(names: Iterable[str]) -> None:
-    """Kill what runs in these namespaces; delete them, their links, /etc/netns folders, bridge.
-
-    The root end of each veth is deleted first: a namespace's links otherwise go away only
-    when the kernel gets round to it, after ``ip netns del`` returned."""
-    present = set(netns_list(PREFIX))
-    for name in names:
-        veth = f"{PREFIX}-v{name[len(PREFIX) :]}"
-        if Path(f"/sys/class/net/{veth}").exists():
-            _ip("link", "del", veth)
-        if name in present:
-            kill_netns_processes(name)
-            _ip("netns", "del", name)
-        shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
-    if Path(f"/sys/class/net/{BRIDGE}").exists():
-        _ip("link", "del", BRIDGE)
-    with contextlib.suppress(OSError):
-        NETNS_ETC.rmdir()  # only when empty: it may hold other namespaces' files
-
-
-def _owner() -> Optional[dict[str, Any]]:
-    try:
-        data = json.loads(OWNER_FILE.read_text())
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _claim() -> None:
-    """Refuse when a live process (this one too) has hostile boxes up; remove a dead one's."""
-    owner = _owner()
-    if owner and _alive(int(owner.get("pid", 0))):
-        raise LabError(
-            f"hostile boxes are up, made by pid {owner['pid']} ({owner.get('dir')}); "
-            "let it finish, or stop it and run: python3 -m natfleet.lab.hostile down"
-        )
-    remove_leftovers()
-
-
-def _release(pid: int) -> None:
-    owner = _owner()
-    if owner is None or int(owner.get("pid", 0)) == pid:
-        OWNER_FILE.unlink(missing_ok=True)
+def _remove(names: list[str]) -> None:
+    """Kill what runs in these namespaces; delete them, their links, /etc/netns files, bridge."""
+    veths = [f"{PREFIX}-v{name[len(PREFIX) :]}" for name in names]
+    topology.remove_bridged(PREFIX, BRIDGE, names, veths)
 
 
 def remove_leftovers() -> None:
@@ -403,15 +338,14 @@ def remove_leftovers() -> None:
 
     Example: ``python3 -m natfleet.lab.hostile down``
     """
-    owner = _owner() or {}
-    old = Path(str(owner.get("dir") or ""))
+    old = Path(str(OWNER.read().get("dir") or ""))
     if old.name.startswith(f"{PREFIX}-") and (old / "pids").is_dir():
         stop_pids(recorded_pids(old), must_contain=SSHD)
     names = netns_list(PREFIX) + [p.name for p in NETNS_ETC.glob(f"{PREFIX}*")]
     _remove(sorted({name for name in names if name[len(PREFIX) :].isdigit()}))
     if old.name.startswith(f"{PREFIX}-") and old.parent == Path(tempfile.gettempdir()):
         shutil.rmtree(old, ignore_errors=True)
-    OWNER_FILE.unlink(missing_ok=True)
+    OWNER.path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

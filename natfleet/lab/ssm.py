@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from natfleet.lab.system import OwnLab
+
 RUNNER_FILE = "runner.json"
 KEYS_FILE = "eic-keys"
 RUNS_DIR = "runs"
@@ -376,7 +378,7 @@ class SsmBox:
     instance_id: str = ""
 
 
-class SsmLab:
+class SsmLab(OwnLab):
     """Boxes in namespaces ``nfssm1..N`` on bridge ``nfssm-br`` (198.18.100.0/24), and a moto
     server of its own (127.0.0.1, a free port) whose Run Command and Instance Connect run in
     those namespaces and in the shared lab's boxes (``shared``: LabBox records; read-only
@@ -402,26 +404,11 @@ class SsmLab:
         self.endpoint = ""
         self.settings: dict[str, Any] = {"not_exist_seconds": 1.0}
 
-    def __enter__(self) -> SsmLab:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> SsmLab:
-        from natfleet.lab.system import check_can_run
-
-        check_can_run()
-        remove_leftovers()
+    def _begin(self) -> None:
         import tempfile
 
+        remove_leftovers()
         self.folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-", dir="/run"))
-        try:
-            self._build()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _build(self) -> None:
         from natfleet import aws
@@ -576,17 +563,11 @@ def remove_leftovers() -> None:
     """Remove every ``nfssm*`` namespace (and what runs in it), its veth, /etc/netns entry and
     the bridge. Example: ``python3 -m natfleet.lab.ssm down``."""
     from natfleet.lab import topology
-    from natfleet.lab.system import kill_netns_processes, netns_list, run
+    from natfleet.lab.system import netns_list
 
-    for name in netns_list(PREFIX):
-        veth = f"{PREFIX}-v{name[len(PREFIX) :]}"
-        if Path(f"/sys/class/net/{veth}").exists():
-            _ip("link", "del", veth)
-        kill_netns_processes(name)
-        run(["ip", "netns", "del", name])
-    topology.remove_netns_etc(PREFIX)
-    if Path(f"/sys/class/net/{BRIDGE}").exists():
-        _ip("link", "del", BRIDGE)
+    names = netns_list(PREFIX)
+    veths = [f"{PREFIX}-v{name[len(PREFIX) :]}" for name in names]
+    topology.remove_bridged(PREFIX, BRIDGE, names, veths)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,16 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 from natfleet.errors import LabError
 from natfleet.invocation import SUDO_PATH, command_on
@@ -178,3 +180,91 @@ def kill_netns_processes(netns: str) -> None:
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline and run(["ip", "netns", "pids", netns]).split():
         time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """True while a process ``pid`` exists (one of another user's counts too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class LabOwner:
+    """Which process has a lab of one kind up: a JSON file ``{"pid", "dir"}``, so that two
+    runs never build the same namespaces, and a dead run's leftovers are found.
+
+    Example: ``LabOwner(Path("/run/nfhost.json"), "hostile boxes are up",
+    "natfleet.lab.hostile")`` (that module's ``down`` removes leftovers).
+    """
+
+    path: Path
+    busy: str  # what the refusal says first: "hostile boxes are up"
+    module: str  # whose ``python3 -m MODULE down`` removes what a dead run left
+
+    def read(self) -> dict[str, Any]:
+        """The owner's ``{"pid", "dir"}``, or {} when none (or the file is not that)."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def claim(self, remove_leftovers: Callable[[], None]) -> None:
+        """Refuse (LabError) while a live process (this one too) has the lab up; otherwise
+        remove what a dead one left."""
+        owner = self.read()
+        if owner and alive(int(owner.get("pid", 0))):
+            raise LabError(
+                f"{self.busy}, made by pid {owner['pid']} ({owner.get('dir')}); let it "
+                f"finish, or stop it and run: python3 -m {self.module} down"
+            )
+        remove_leftovers()
+
+    def record(self, folder: Path) -> None:
+        """This process has the lab up, its files in ``folder``."""
+        self.path.write_text(json.dumps({"pid": os.getpid(), "dir": str(folder)}) + "\n")
+
+    def release(self) -> None:
+        """Forget the owner, unless another process is it."""
+        if int(self.read().get("pid", os.getpid())) == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+
+OwnLabT = TypeVar("OwnLabT", bound="OwnLab")
+
+
+class OwnLab:
+    """A lab a test builds for itself and always removes (``with FaultLab() as lab:``):
+    :meth:`start` checks root and the tools, calls ``_begin`` (claim it, make its folder),
+    then ``_build``, and on any failure ``stop`` before it re-raises."""
+
+    def __enter__(self: OwnLabT) -> OwnLabT:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self: OwnLabT) -> OwnLabT:
+        """Build it all; LabError (after removing what was built) if it cannot."""
+        check_can_run()
+        self._begin()
+        try:
+            self._build()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _begin(self) -> None:
+        raise NotImplementedError
+
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError

@@ -23,12 +23,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Optional
 
 from natfleet.lab.state import LabBox
-from natfleet.lab.system import netns_argv, run, sysctl_in
+from natfleet.lab.system import kill_netns_processes, netns_argv, netns_list, run, sysctl_in
 
 PREFIX = "nflab-"
 MGMT_BRIDGE = "nflab-mgmt"
@@ -146,6 +146,24 @@ def remove_netns_etc(prefix: str = PREFIX, root: Optional[Path] = None) -> list[
     if removed and not any(root.iterdir()):
         root.rmdir()  # /etc/netns was most likely the lab's too
     return removed
+
+
+def remove_bridged(prefix: str, bridge: str, names: Iterable[str], veths: Iterable[str]) -> None:
+    """Remove a lab of namespaces on one bridge: the root ends of ``veths`` first (a
+    namespace's links otherwise go away only when the kernel gets round to it, after ``ip
+    netns del`` returned), then every process still in each of ``names`` and the namespace,
+    the ``/etc/netns`` files of ``prefix*`` (:func:`remove_netns_etc`) and ``bridge``."""
+    for veth in veths:
+        if Path(f"/sys/class/net/{veth}").exists():
+            _ip("link", "del", veth)
+    present = set(netns_list(prefix))
+    for name in names:
+        if name in present:
+            kill_netns_processes(name)
+            _ip("netns", "del", name)
+    remove_netns_etc(prefix)
+    if Path(f"/sys/class/net/{bridge}").exists():
+        _ip("link", "del", bridge)
 
 
 def new_netns(name: str, root: Optional[Path] = None) -> None:
