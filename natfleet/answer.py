@@ -347,6 +347,27 @@ def check_facts(data: dict[str, Any]) -> HostFacts:
     )
 
 
+def check_port_pressure(
+    value: Any, path: str, cap: int, where: Optional[str] = None
+) -> PortPressure:
+    """One port-pressure record (a summary's, a watch tick's): at most ``cap`` keys; errors
+    name its fields ``path.nat_ip`` ..., and the record itself ``where`` (default ``path``).
+
+    >>> check_port_pressure({"nat_ip": "198.51.100.1", "dst": "203.0.113.5", "dport": 443,
+    ...     "proto": "tcp", "ports": 3, "pct": 0.01}, "tick.pressure", 8).ports
+    3
+    """
+    p = _dict(value, where or path, cap)
+    return PortPressure(
+        nat_ip=_addr(p.get("nat_ip"), f"{path}.nat_ip"),
+        dst=_addr(p.get("dst"), f"{path}.dst"),
+        dport=_int(p.get("dport"), f"{path}.dport", 0, 65535),
+        proto=_proto(p.get("proto"), f"{path}.proto"),
+        ports=_int(p.get("ports"), f"{path}.ports", 0, 1 << 24),
+        pct=_opt_num(p.get("pct"), f"{path}.pct", 0.0, 1e9),
+    )
+
+
 def check_summary(data: Any) -> Summary:
     """The ``summary`` object of a summary answer."""
     s = _dict(data, "summary", 64)
@@ -363,17 +384,7 @@ def check_summary(data: Any) -> Summary:
 
     pressure = []
     for item in _list(s.get("port_pressure"), "summary.port_pressure", 1000):
-        p = _dict(item, "summary.port_pressure[]", 16)
-        pressure.append(
-            PortPressure(
-                nat_ip=_addr(p.get("nat_ip"), "port_pressure.nat_ip"),
-                dst=_addr(p.get("dst"), "port_pressure.dst"),
-                dport=_int(p.get("dport"), "port_pressure.dport", 0, 65535),
-                proto=_proto(p.get("proto"), "port_pressure.proto"),
-                ports=_int(p.get("ports"), "port_pressure.ports", 0, 1 << 24),
-                pct=_opt_num(p.get("pct"), "port_pressure.pct", 0.0, 1e9),
-            )
-        )
+        pressure.append(check_port_pressure(item, "port_pressure", 16, "summary.port_pressure[]"))
     return Summary(
         flows=_int(s.get("flows"), "summary.flows"),
         fill_pct=_opt_num(s.get("fill_pct"), "summary.fill_pct", 0.0, 1e9),

@@ -53,6 +53,7 @@ from natfleet.answer import (
     agent_failure,
     check_facts,
     check_own_session,
+    check_port_pressure,
     decode_line,
 )
 from natfleet.errors import TargetError
@@ -254,15 +255,7 @@ _GRE_KEY = re.compile(r"^0x[0-9a-fA-F]{1,8}$")
 def check_pressure(value: Any) -> Optional[PortPressure]:
     if value is None:
         return None
-    p = _dict(value, "tick.pressure", 8)
-    return PortPressure(
-        nat_ip=_addr(p.get("nat_ip"), "tick.pressure.nat_ip"),
-        dst=_addr(p.get("dst"), "tick.pressure.dst"),
-        dport=_int(p.get("dport"), "tick.pressure.dport", 0, 65535),
-        proto=_proto(p.get("proto"), "tick.pressure.proto"),
-        ports=_int(p.get("ports"), "tick.pressure.ports", 0, 1 << 24),
-        pct=_opt_num(p.get("pct"), "tick.pressure.pct", 0.0, 1e9),
-    )
+    return check_port_pressure(value, "tick.pressure", 8)
 
 
 def check_tick(d: dict[str, Any]) -> Tick:
